@@ -1,0 +1,212 @@
+"""The Llama-family decoder on the CPU kernels: config, mapped weights and run state kept apart.
+
+`Weights` are views of the GGUF file's bytes (quantized matrices stay quantized); `RunState`
+holds every buffer the forward pass writes, allocated once for a batch size, a context
+length and a number of sequence slots, each slot with its own KV region.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..errors import UnsupportedError
+from ..formats.gguf import GGUFFile
+from ..kernels import ops, quant
+from .config import ModelConfig
+
+
+@dataclass(frozen=True)
+class QTensor:
+    """A weight matrix as the file stores it: raw GGML rows (rows, row_bytes) and its type."""
+
+    raw: np.ndarray
+    ggml_type: int
+    shape: tuple[int, int]  # (rows, k) in values
+
+    @property
+    def nbytes(self) -> int:
+        return self.raw.nbytes
+
+
+@dataclass(frozen=True)
+class LayerWeights:
+    attn_norm: np.ndarray   # (d,)
+    wq: QTensor             # (n_head * hd, d)
+    wk: QTensor             # (n_head_kv * hd, d)
+    wv: QTensor             # (n_head_kv * hd, d)
+    wo: QTensor             # (d, n_head * hd)
+    ffn_norm: np.ndarray    # (d,)
+    w_gate: QTensor         # (ff, d)
+    w_up: QTensor           # (ff, d)
+    w_down: QTensor         # (d, ff)
+    bq: np.ndarray | None = None
+    bk: np.ndarray | None = None
+    bv: np.ndarray | None = None
+    q_norm: np.ndarray | None = None  # (hd,)
+    k_norm: np.ndarray | None = None
+
+
+@dataclass(frozen=True)
+class Weights:
+    tok_embd: QTensor
+    output: QTensor         # token_embd again when tied
+    output_norm: np.ndarray
+    layers: tuple[LayerWeights, ...]
+    rope_freqs: np.ndarray | None
+
+    def matrices(self) -> list[QTensor]:
+        out = [self.tok_embd] + ([] if self.output is self.tok_embd else [self.output])
+        for lw in self.layers:
+            out += [lw.wq, lw.wk, lw.wv, lw.wo, lw.w_gate, lw.w_up, lw.w_down]
+        return out
+
+
+def _vector(g: GGUFFile, name: str) -> np.ndarray:
+    """A small 1-D tensor (norm weight, bias) as float32; copied, it is a few KB."""
+    info = g.tensors[name]
+    if info.ggml_type == 0:
+        return np.ascontiguousarray(g.array(name), dtype=np.float32).reshape(-1)
+    return quant.dequantize(g.raw(name), info.ggml_type, info.shape[-1]).reshape(-1)
+
+
+def _matrix(g: GGUFFile, name: str) -> QTensor:
+    info = g.tensors[name]
+    if not quant.is_supported(info.ggml_type):
+        raise UnsupportedError(
+            f"{g.path}: tensor {name!r} is {info.type_name}, which edgert's CPU kernels do not run "
+            f"(supported: {', '.join(quant.SUPPORTED_TYPES)}); re-quantize the model to one of those."
+        )
+    rows, k = info.shape[0], info.shape[-1]
+    return QTensor(g.raw(name), info.ggml_type, (rows, k))
+
+
+def load_weights(g: GGUFFile, cfg: ModelConfig) -> Weights:
+    layers = []
+    for i in range(cfg.n_layer):
+        p = f"blk.{i}."
+        opt = {}
+        if cfg.qkv_bias:
+            opt.update(bq=_vector(g, p + "attn_q.bias"), bk=_vector(g, p + "attn_k.bias"),
+                       bv=_vector(g, p + "attn_v.bias"))
+        if cfg.qk_norm:
+            opt.update(q_norm=_vector(g, p + "attn_q_norm.weight"), k_norm=_vector(g, p + "attn_k_norm.weight"))
+        layers.append(LayerWeights(
+            attn_norm=_vector(g, p + "attn_norm.weight"),
+            wq=_matrix(g, p + "attn_q.weight"), wk=_matrix(g, p + "attn_k.weight"),
+            wv=_matrix(g, p + "attn_v.weight"), wo=_matrix(g, p + "attn_output.weight"),
+            ffn_norm=_vector(g, p + "ffn_norm.weight"),
+            w_gate=_matrix(g, p + "ffn_gate.weight"), w_up=_matrix(g, p + "ffn_up.weight"),
+            w_down=_matrix(g, p + "ffn_down.weight"), **opt,
+        ))
+    tok = _matrix(g, "token_embd.weight")
+    out = tok if cfg.tied_embeddings else _matrix(g, "output.weight")
+    freqs = _vector(g, "rope_freqs.weight") if "rope_freqs.weight" in g.tensors else None
+    return Weights(tok, out, _vector(g, "output_norm.weight"), tuple(layers), freqs)
+
+
+class RunState:
+    """Every buffer the forward pass writes; shapes in the comments (B = batch rows)."""
+
+    def __init__(self, cfg: ModelConfig, n_ctx: int, n_batch: int, n_slots: int, n_threads: int):
+        d, q, kv, ff, hd = cfg.n_embd, cfg.q_dim, cfg.kv_dim, cfg.n_ff, cfg.head_dim
+        B = n_batch
+        self.n_batch, self.n_ctx, self.n_slots = n_batch, n_ctx, n_slots
+        f32 = np.float32
+        self.x = np.zeros((B, d), f32)          # residual stream
+        self.xn = np.zeros((B, d), f32)         # normed input of a sub-block
+        self.q = np.zeros((B, q), f32)
+        self.k = np.zeros((B, kv), f32)
+        self.v = np.zeros((B, kv), f32)
+        self.att = np.zeros((B, q), f32)        # attention output, heads concatenated
+        self.o = np.zeros((B, d), f32)          # projection output before the residual add
+        self.gate = np.zeros((B, ff), f32)
+        self.up = np.zeros((B, ff), f32)
+        self.logits = np.zeros((1, cfg.vocab_size), f32)  # last position's logits
+        self.scratch = np.zeros((n_threads, max(d, q, ff)), f32)  # one decoded weight row per thread
+        self.scores = np.zeros((n_threads, n_ctx), f32)           # attention scores per thread
+        # KV cache: (slots, layers, kv_heads, ctx, head_dim)
+        shape = (n_slots, cfg.n_layer, cfg.n_head_kv, n_ctx, hd)
+        self.k_cache = np.zeros(shape, f32)
+        self.v_cache = np.zeros(shape, f32)
+
+    @staticmethod
+    def bytes_needed(cfg: ModelConfig, n_ctx: int, n_batch: int, n_slots: int, n_threads: int) -> dict[str, int]:
+        d, q, kv, ff = cfg.n_embd, cfg.q_dim, cfg.kv_dim, cfg.n_ff
+        scratch = 4 * (n_batch * (3 * d + 2 * q + 2 * kv + 2 * ff) + cfg.vocab_size
+                       + n_threads * (max(d, q, ff) + n_ctx))
+        kv_bytes = 2 * 4 * n_slots * cfg.n_layer * cfg.n_head_kv * n_ctx * cfg.head_dim
+        return {"kv": kv_bytes, "scratch": scratch}
+
+
+class Decoder:
+    """Runs the forward pass for one sequence slot over a run of token ids."""
+
+    def __init__(self, cfg: ModelConfig, weights: Weights, state: RunState):
+        self.cfg, self.w, self.s = cfg, weights, state
+        self.cos, self.sin = ops.rope_table(state.n_ctx, cfg.n_rot, cfg.rope_base, cfg.rope_pos_scale,
+                                            weights.rope_freqs)
+        self.scale = np.float32(ops.sqrt_recip(cfg.head_dim))
+
+    def _mm(self, t: QTensor, x: np.ndarray, out: np.ndarray) -> None:
+        quant.matmul(t.raw, t.ggml_type, x, out, self.s.scratch)
+
+    def forward(self, ids: np.ndarray, pos0: int, slot: int, out: np.ndarray | None) -> np.ndarray:
+        """Feed ids at positions pos0.. into the slot's cache; returns logits.
+
+        With `out` (len(ids), vocab) every position's logits are written there; otherwise only
+        the last position's, into the run state's buffer (a view, valid until the next call)."""
+        s, cfg = self.s, self.cfg
+        n = len(ids)
+        for start in range(0, n, s.n_batch):
+            chunk = ids[start : start + s.n_batch]
+            rows = out[start : start + len(chunk)] if out is not None else None
+            last = self._forward_chunk(chunk, pos0 + start, slot, rows)
+        return out if out is not None else last
+
+    def _forward_chunk(self, ids: np.ndarray, pos0: int, slot: int, out_rows: np.ndarray | None) -> np.ndarray:
+        s, cfg, w = self.s, self.cfg, self.w
+        n = len(ids)
+        hd, eps = cfg.head_dim, np.float32(cfg.norm_eps)
+        x, xn = s.x[:n], s.xn[:n]
+        q, k, v = s.q[:n], s.k[:n], s.v[:n]
+        att, o, gate, up = s.att[:n], s.o[:n], s.gate[:n], s.up[:n]
+        quant.get_format(w.tok_embd.ggml_type).rows(w.tok_embd.raw, ids, x)
+        q3 = q.reshape(n, cfg.n_head, hd)
+        k3 = k.reshape(n, cfg.n_head_kv, hd)
+        v3 = v.reshape(n, cfg.n_head_kv, hd)
+        att3 = att.reshape(n, cfg.n_head, hd)
+        for li, lw in enumerate(w.layers):
+            ops.rmsnorm(x, lw.attn_norm, eps, xn)
+            self._mm(lw.wq, xn, q)
+            self._mm(lw.wk, xn, k)
+            self._mm(lw.wv, xn, v)
+            if lw.bq is not None:
+                ops.add_bias(q, lw.bq)
+                ops.add_bias(k, lw.bk)
+                ops.add_bias(v, lw.bv)
+            if lw.q_norm is not None:
+                ops.rmsnorm_heads(q3, lw.q_norm, eps)
+                ops.rmsnorm_heads(k3, lw.k_norm, eps)
+            ops.rope(q3, pos0, self.cos, self.sin, cfg.rope_neox)
+            ops.rope(k3, pos0, self.cos, self.sin, cfg.rope_neox)
+            kc, vc = s.k_cache[slot, li], s.v_cache[slot, li]
+            kc[:, pos0 : pos0 + n] = k3.transpose(1, 0, 2)
+            vc[:, pos0 : pos0 + n] = v3.transpose(1, 0, 2)
+            ops.attention(q3, kc, vc, pos0, self.scale, att3, s.scores)
+            self._mm(lw.wo, att, o)
+            ops.add_inplace(x, o)
+            ops.rmsnorm(x, lw.ffn_norm, eps, xn)
+            self._mm(lw.w_gate, xn, gate)
+            self._mm(lw.w_up, xn, up)
+            ops.swiglu(gate, up)
+            self._mm(lw.w_down, gate, o)
+            ops.add_inplace(x, o)
+        if out_rows is not None:
+            ops.rmsnorm(x, w.output_norm, eps, xn)
+            self._mm(w.output, xn, out_rows)
+            return out_rows[-1:]
+        ops.rmsnorm(x[n - 1 : n], w.output_norm, eps, xn[:1])
+        self._mm(w.output, xn[:1], s.logits)
+        return s.logits
