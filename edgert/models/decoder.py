@@ -157,7 +157,7 @@ class Decoder:
 
         With `out` (len(ids), vocab) every position's logits are written there; otherwise only
         the last position's, into the run state's buffer (a view, valid until the next call)."""
-        s, cfg = self.s, self.cfg
+        s = self.s
         n = len(ids)
         for start in range(0, n, s.n_batch):
             chunk = ids[start : start + s.n_batch]

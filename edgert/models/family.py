@@ -92,7 +92,9 @@ def check_shapes(cfg: ModelConfig, tensors: dict[str, Any], where: str) -> None:
             want.update({p + "attn_q_norm.weight": (cfg.head_dim,), p + "attn_k_norm.weight": (cfg.head_dim,)})
     for name, shape in want.items():
         if name not in tensors:
-            raise ModelFileError(f"{where} lacks tensor {name!r} that a {cfg.arch} model needs; the file is incomplete.")
+            raise ModelFileError(
+                f"{where} lacks tensor {name!r} that a {cfg.arch} model needs; the file is incomplete."
+            )
         got = tuple(tensors[name].shape)
         if got != shape:
             raise ModelFileError(

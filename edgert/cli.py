@@ -1,0 +1,240 @@
+"""The `edgert` command: thin click commands over the Python API.
+
+Tokens go to stdout, flushed as they come; statistics and progress go to stderr. A user's
+mistake (EdgertError) ends as one sentence and exit status 1, never a traceback.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import sys
+
+import click
+
+from .errors import EdgertError
+
+DEFAULT_MODEL = "smollm2-135m"
+
+
+class _Group(click.Group):
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except EdgertError as e:
+            raise click.ClickException(str(e)) from None
+        except MemoryError as e:
+            raise click.ClickException(f"out of memory: {e}; use a smaller --ctx or model.") from None
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="edgert")
+@click.option("-v", "--verbose", count=True, help="More log output on stderr (-vv for debug).")
+def cli(verbose: int) -> None:
+    """edgert: run language models on the devices people own."""
+    level = logging.WARNING - 10 * min(verbose, 2)
+    logging.basicConfig(level=level, format="edgert: %(message)s", stream=sys.stderr)
+
+
+def _err(msg: str) -> None:
+    click.echo(msg, err=True)
+
+
+def sampling_options(f):
+    """The sampling and context flags `chat` and `run` share (llama.cpp's defaults)."""
+    opts = [
+        click.option("--temp", type=float, default=0.8, show_default=True, help="Temperature; 0 is greedy."),
+        click.option("--top-k", type=int, default=40, show_default=True, help="Keep the k likeliest tokens (0: off)."),
+        click.option("--top-p", type=float, default=0.95, show_default=True, help="Nucleus sampling threshold."),
+        click.option("--min-p", type=float, default=0.05, show_default=True,
+                     help="Drop tokens below min-p times the best one's probability."),
+        click.option("--repeat-penalty", type=float, default=1.0, show_default=True,
+                     help="Penalty on tokens seen in the last 64 (1.0: off)."),
+        click.option("--seed", type=int, default=None, help="Seed for reproducible sampling."),
+        click.option("--max-tokens", "-n", type=click.IntRange(min=1), default=512, show_default=True,
+                     help="Most tokens to generate."),
+        click.option("--ctx", type=click.IntRange(min=16), default=None, help="Context length [default: 2048]."),
+        click.option("--threads", "-t", type=click.IntRange(min=1), default=None, envvar="EDGERT_THREADS",
+                     help="CPU threads [default: all cores]."),
+    ]
+    for o in reversed(opts):
+        f = o(f)
+    return f
+
+
+def _sampling(kw: dict) -> dict:
+    return {k: kw[k] for k in ("temp", "top_k", "top_p", "min_p", "repeat_penalty", "seed", "max_tokens")}
+
+
+def _load(model: str | None, ctx, threads):
+    import edgert
+
+    return edgert.load(model or DEFAULT_MODEL, n_ctx=ctx, threads=threads, progress=True)
+
+
+def _stats_line(r) -> str:
+    return (f"[{r.prompt_tokens} prompt tokens at {r.prompt_tps:.1f} tok/s, "
+            f"{r.generation_tokens} generated at {r.generation_tps:.1f} tok/s, finish: {r.finish_reason}]")
+
+
+@cli.command()
+@click.argument("model", required=False)
+@click.option("--system", "-s", default=None, help="System prompt (else the template's default).")
+@click.option("--stats/--no-stats", default=False, help="Print speed after each reply, on stderr.")
+@sampling_options
+def chat(model, system, stats, **kw):
+    """Chat with MODEL (a catalogue name or .gguf path; default smollm2-135m).
+
+    /reset starts over, /exit or Ctrl-D leaves, Ctrl-C stops the current reply."""
+    from .conversation import Conversation
+
+    m = _load(model, kw["ctx"], kw["threads"])
+    conv = Conversation(m, system=system, reserve=min(kw["max_tokens"], m.n_ctx // 2))
+    _err(f"edgert: {m.path.name} on {m.backend} ({m.config.arch}, ctx {m.n_ctx}). /reset, /exit, Ctrl-D to leave.")
+    while True:
+        try:
+            line = input(">>> ")
+        except EOFError:
+            click.echo()
+            return
+        except KeyboardInterrupt:
+            click.echo()
+            continue
+        text = line.strip()
+        if not text:
+            continue
+        if text in ("/exit", "/quit", "/bye"):
+            return
+        if text == "/reset":
+            conv.reset()
+            _err("[conversation cleared]")
+            continue
+        if text.startswith("/"):
+            _err("commands: /reset, /exit")
+            continue
+        dropped = conv.add_user(text)
+        if dropped:
+            _err(f"[context full: dropped the {dropped} oldest message(s) to make room]")
+        last, parts = None, []
+        try:
+            for r in m.stream(conv.messages, **_sampling(kw)):
+                parts.append(r.text)
+                sys.stdout.write(r.text)
+                sys.stdout.flush()
+                last = r
+        except KeyboardInterrupt:
+            _err("\n[reply stopped]")
+        conv.add_assistant("".join(parts))
+        click.echo()
+        if stats and last is not None:
+            _err(_stats_line(last))
+
+
+@cli.command()
+@click.argument("model")
+@click.argument("prompt")
+@click.option("--chat", "as_chat", is_flag=True, help="Wrap the prompt in the model's chat template.")
+@click.option("--system", "-s", default=None, help="System prompt (with --chat).")
+@click.option("--ignore-eos", is_flag=True, help="Generate exactly --max-tokens tokens (for benchmarks).")
+@click.option("--stop", multiple=True, help="Stop at this string (repeatable).")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object with the text and stats.")
+@sampling_options
+def run(model, prompt, as_chat, system, ignore_eos, stop, as_json, **kw):
+    """Stream one completion of PROMPT ('-' reads stdin) from MODEL."""
+    if prompt == "-":
+        prompt = sys.stdin.read()
+    m = _load(model, kw["ctx"], kw["threads"])
+    inp = prompt
+    if as_chat:
+        inp = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": prompt}]
+    parts, last = [], None
+    try:
+        for r in m.stream(inp, ignore_eos=ignore_eos, stop=list(stop), **_sampling(kw)):
+            parts.append(r.text)
+            if not as_json:
+                sys.stdout.write(r.text)
+                sys.stdout.flush()
+            last = r
+    except KeyboardInterrupt:
+        _err("\n[stopped]")
+        sys.exit(130)
+    if as_json:
+        click.echo(json.dumps({
+            "text": "".join(parts), "prompt_tokens": last.prompt_tokens, "tokens": last.generation_tokens,
+            "prefill_tps": round(last.prompt_tps, 2), "decode_tps": round(last.generation_tps, 2),
+            "finish_reason": last.finish_reason, "load_s": round(m.load_seconds, 3), "backend": m.backend,
+        }))
+    else:
+        click.echo()
+        _err(_stats_line(last))
+
+
+@cli.command()
+@click.argument("name", default=DEFAULT_MODEL)
+@click.option("--force", is_flag=True, help="Download again even when cached.")
+def pull(name, force):
+    """Download a catalogue model into the cache (default smollm2-135m)."""
+    from .store import pull as _pull
+
+    path = _pull(name, progress=True, force=force)
+    click.echo(str(path))
+
+
+@cli.command()
+@click.option("--json", "as_json", is_flag=True)
+def models(as_json):
+    """List the models in the cache."""
+    from .store import CATALOGUE, cache_dir, list_cached
+
+    rows = list_cached()
+    if as_json:
+        click.echo(json.dumps([{"name": r.name, "path": str(r.path), "size_bytes": r.size_bytes, "quant": r.quant}
+                               for r in rows]))
+        return
+    if not rows:
+        _err(f"no models cached in {cache_dir()}; `edgert pull` fetches {', '.join(CATALOGUE)}.")
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    t = Table("name", "file", "size", "quant")
+    for r in rows:
+        t.add_row(r.name, str(r.path), f"{r.size_bytes / 1e6:.1f} MB", r.quant)
+    Console().print(t)
+
+
+@cli.command()
+@click.argument("model", default=DEFAULT_MODEL)
+@click.option("--json", "as_json", is_flag=True)
+def inspect(model, as_json):
+    """Architecture, sizes, tensor types, tokenizer and chat template of MODEL."""
+    from .info import describe
+
+    info = describe(model)
+    if as_json:
+        click.echo(json.dumps(info, indent=2))
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    con = Console()
+    con.print(f"[bold]{info['path']}[/bold]")
+    for k in ("name", "architecture", "parameters", "context_length", "layers", "embedding", "heads", "kv_heads",
+              "head_dim", "ffn", "vocab_size", "rope_base", "tied_embeddings", "file_bytes", "tokenizer"):
+        con.print(f"  {k:16} {info[k]}")
+    t = Table("tensor type", "count", "bytes")
+    for row in info["tensor_types"]:
+        t.add_row(row["type"], str(row["count"]), f"{row['bytes']:,}")
+    con.print(t)
+    con.print("chat template:", style="bold")
+    click.echo(info["chat_template"] or "(none; ChatML is used)")
+
+
+@functools.wraps(cli)
+def main(*args, **kwargs):
+    return cli(*args, **kwargs)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()
