@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
-import naive
 import numpy as np
 import pytest
 from gguf import GGML_QUANT_SIZES, quants
 from gguf import GGMLQuantizationType as T
-from synth import quantize
 
 from edgert.kernels import ops, quant
+
+import naive
+from synth import quantize
 
 TYPES = [T.F32, T.F16, T.BF16, T.Q8_0, T.Q4_0, T.Q4_1, T.Q5_0, T.Q5_1, T.Q4_K, T.Q5_K, T.Q6_K]
 # float32 products over k <= 768 terms: the kernel sums in another order than NumPy

@@ -3,15 +3,16 @@ NumPy forward over gguf.quants-dequantized weights, and against llama.cpp on the
 
 from __future__ import annotations
 
-import naive
 import numpy as np
 import pytest
-import synth
 from gguf import GGMLQuantizationType as T
 
 import edgert
 from edgert.devices.cpu import model_config
 from edgert.formats.gguf import read_gguf
+
+import naive
+import synth
 
 # random-weight toy models: float32 in both, summed in different orders over 2 layers
 LOGIT_ATOL = 2e-3

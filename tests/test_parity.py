@@ -5,12 +5,13 @@ argmax of the logits at every position and the largest absolute logit difference
 
 from __future__ import annotations
 
-import naive
 import numpy as np
 import pytest
 
 from edgert.devices.cpu import model_config
 from edgert.formats.gguf import read_gguf
+
+import naive
 
 pytestmark = pytest.mark.model
 
