@@ -126,3 +126,30 @@ def test_swiglu_and_adds():
     ops.add_bias(x, b)
     ops.add_inplace(x, x)
     np.testing.assert_array_equal(x, np.stack([2 * b, 2 * b]))
+
+
+@pytest.mark.parametrize("qtype", [T.Q4_0, T.Q4_1, T.Q8_0], ids=lambda t: t.name)
+@pytest.mark.parametrize("n", [1, 3, 33, 70])  # decode, and prefill across token-chunk edges
+@pytest.mark.parametrize("rows,k", [(64, 32), (192, 576)])
+def test_packed_matmul_matches_naive(qtype, n, rows, k):
+    from edgert.kernels import packed
+
+    rng = np.random.default_rng(n + rows)
+    raw = _raw(qtype, rows, k, rng)
+    w = quants.dequantize(raw, qtype).astype(np.float32).reshape(rows, k)
+    p = packed.pack(raw, int(qtype), k)
+    x = rng.standard_normal((n, k)).astype(np.float32)
+    out = np.full((n, rows), np.nan, np.float32)
+    packed.matmul(p, x, out, np.zeros(packed.scratch_shape(2), np.float32))
+    np.testing.assert_allclose(out, x @ w.T, rtol=MATMUL_RTOL, atol=MATMUL_ATOL * np.abs(w).max())
+    ids = np.array([0, rows - 1, 17], dtype=np.int64)
+    rows_out = np.empty((3, k), np.float32)
+    packed.rows(p, ids, rows_out)
+    np.testing.assert_allclose(rows_out, w[ids], rtol=1e-6, atol=1e-6)
+
+
+def test_pack_only_what_tiles():
+    from edgert.kernels import packed
+
+    assert packed.can_pack(int(T.Q4_1), 128) and not packed.can_pack(int(T.Q4_1), 100)
+    assert not packed.can_pack(int(T.Q6_K), 128)

@@ -89,7 +89,7 @@ class CPUSession:
     @property
     def memory_bytes(self) -> int:
         s = self.state
-        bufs = [s.x, s.xn, s.q, s.k, s.v, s.att, s.o, s.gate, s.up, s.logits, s.scratch, s.scores,
+        bufs = [s.x, s.xn, s.q, s.k, s.v, s.att, s.o, s.gate, s.up, s.logits, s.scratch, s.tile_scratch, s.scores,
                 s.k_cache, s.v_cache]
         return self.weight_bytes + sum(b.nbytes for b in bufs)
 

@@ -218,6 +218,16 @@ class GGUFFile:
         arr = np.frombuffer(self._mm, dtype=dt, count=info.nbytes // dt.itemsize, offset=info.offset)
         return arr.reshape(info.shape)
 
+    def release(self, name: str) -> None:
+        """Drop a tensor's pages from this process's memory (after its bytes were copied
+        elsewhere, e.g. repacked); reading it again faults them back in from the file."""
+        info = self.tensors[name]
+        page = mmap.PAGESIZE
+        start = -(-info.offset // page) * page
+        end = (info.offset + info.nbytes) // page * page
+        if end > start and hasattr(mmap, "MADV_DONTNEED"):
+            self._mm.madvise(mmap.MADV_DONTNEED, start, end - start)
+
     def close(self) -> None:
         try:
             self._mm.close()

@@ -13,21 +13,24 @@ import numpy as np
 
 from ..errors import UnsupportedError
 from ..formats.gguf import GGUFFile
-from ..kernels import ops, quant
+from ..kernels import ops, packed, quant
 from .config import ModelConfig
 
 
 @dataclass(frozen=True)
 class QTensor:
-    """A weight matrix as the file stores it: raw GGML rows (rows, row_bytes) and its type."""
+    """A weight matrix: raw GGML rows (rows, row_bytes) as the file stores them, or, for the
+    formats with a tiled kernel, the same values repacked once at load (`packed`; `raw` then
+    still views the file but its pages are released and never read again)."""
 
     raw: np.ndarray
     ggml_type: int
     shape: tuple[int, int]  # (rows, k) in values
+    packed: packed.Packed | None = None
 
     @property
     def nbytes(self) -> int:
-        return self.raw.nbytes
+        return self.packed.nbytes if self.packed is not None else self.raw.nbytes
 
 
 @dataclass(frozen=True)
@@ -71,7 +74,7 @@ def _vector(g: GGUFFile, name: str) -> np.ndarray:
     return quant.dequantize(g.raw(name), info.ggml_type, info.shape[-1]).reshape(-1)
 
 
-def _matrix(g: GGUFFile, name: str) -> QTensor:
+def _matrix(g: GGUFFile, name: str, repack: bool = True) -> QTensor:
     info = g.tensors[name]
     if not quant.is_supported(info.ggml_type):
         raise UnsupportedError(
@@ -79,10 +82,15 @@ def _matrix(g: GGUFFile, name: str) -> QTensor:
             f"(supported: {', '.join(quant.SUPPORTED_TYPES)}); re-quantize the model to one of those."
         )
     rows, k = info.shape[0], info.shape[-1]
-    return QTensor(g.raw(name), info.ggml_type, (rows, k))
+    raw = g.raw(name)
+    if repack and packed.can_pack(info.ggml_type, rows):
+        p = packed.pack(raw, info.ggml_type, k)
+        g.release(name)
+        return QTensor(raw, info.ggml_type, (rows, k), p)
+    return QTensor(raw, info.ggml_type, (rows, k))
 
 
-def load_weights(g: GGUFFile, cfg: ModelConfig) -> Weights:
+def load_weights(g: GGUFFile, cfg: ModelConfig, repack: bool = True) -> Weights:
     layers = []
     for i in range(cfg.n_layer):
         p = f"blk.{i}."
@@ -94,14 +102,14 @@ def load_weights(g: GGUFFile, cfg: ModelConfig) -> Weights:
             opt.update(q_norm=_vector(g, p + "attn_q_norm.weight"), k_norm=_vector(g, p + "attn_k_norm.weight"))
         layers.append(LayerWeights(
             attn_norm=_vector(g, p + "attn_norm.weight"),
-            wq=_matrix(g, p + "attn_q.weight"), wk=_matrix(g, p + "attn_k.weight"),
-            wv=_matrix(g, p + "attn_v.weight"), wo=_matrix(g, p + "attn_output.weight"),
+            wq=_matrix(g, p + "attn_q.weight", repack), wk=_matrix(g, p + "attn_k.weight", repack),
+            wv=_matrix(g, p + "attn_v.weight", repack), wo=_matrix(g, p + "attn_output.weight", repack),
             ffn_norm=_vector(g, p + "ffn_norm.weight"),
-            w_gate=_matrix(g, p + "ffn_gate.weight"), w_up=_matrix(g, p + "ffn_up.weight"),
-            w_down=_matrix(g, p + "ffn_down.weight"), **opt,
+            w_gate=_matrix(g, p + "ffn_gate.weight", repack), w_up=_matrix(g, p + "ffn_up.weight", repack),
+            w_down=_matrix(g, p + "ffn_down.weight", repack), **opt,
         ))
-    tok = _matrix(g, "token_embd.weight")
-    out = tok if cfg.tied_embeddings else _matrix(g, "output.weight")
+    tok = _matrix(g, "token_embd.weight", repack)
+    out = tok if cfg.tied_embeddings else _matrix(g, "output.weight", repack)
     freqs = _vector(g, "rope_freqs.weight") if "rope_freqs.weight" in g.tensors else None
     return Weights(tok, out, _vector(g, "output_norm.weight"), tuple(layers), freqs)
 
@@ -125,6 +133,7 @@ class RunState:
         self.up = np.zeros((B, ff), f32)
         self.logits = np.zeros((1, cfg.vocab_size), f32)  # last position's logits
         self.scratch = np.zeros((n_threads, max(d, q, ff)), f32)  # one decoded weight row per thread
+        self.tile_scratch = np.zeros(packed.scratch_shape(n_threads), f32)  # tiled kernels' accumulators
         self.scores = np.zeros((n_threads, n_ctx), f32)           # attention scores per thread
         # KV cache: (slots, layers, kv_heads, ctx, head_dim)
         shape = (n_slots, cfg.n_layer, cfg.n_head_kv, n_ctx, hd)
@@ -135,7 +144,7 @@ class RunState:
     def bytes_needed(cfg: ModelConfig, n_ctx: int, n_batch: int, n_slots: int, n_threads: int) -> dict[str, int]:
         d, q, kv, ff = cfg.n_embd, cfg.q_dim, cfg.kv_dim, cfg.n_ff
         scratch = 4 * (n_batch * (3 * d + 2 * q + 2 * kv + 2 * ff) + cfg.vocab_size
-                       + n_threads * (max(d, q, ff) + n_ctx))
+                       + n_threads * (max(d, q, ff) + n_ctx) + int(np.prod(packed.scratch_shape(n_threads))))
         kv_bytes = 2 * 4 * n_slots * cfg.n_layer * cfg.n_head_kv * n_ctx * cfg.head_dim
         return {"kv": kv_bytes, "scratch": scratch}
 
@@ -150,7 +159,10 @@ class Decoder:
         self.scale = np.float32(ops.sqrt_recip(cfg.head_dim))
 
     def _mm(self, t: QTensor, x: np.ndarray, out: np.ndarray) -> None:
-        quant.matmul(t.raw, t.ggml_type, x, out, self.s.scratch)
+        if t.packed is not None:
+            packed.matmul(t.packed, x, out, self.s.tile_scratch)
+        else:
+            quant.matmul(t.raw, t.ggml_type, x, out, self.s.scratch)
 
     def forward(self, ids: np.ndarray, pos0: int, slot: int, out: np.ndarray | None) -> np.ndarray:
         """Feed ids at positions pos0.. into the slot's cache; returns logits.
@@ -172,7 +184,10 @@ class Decoder:
         x, xn = s.x[:n], s.xn[:n]
         q, k, v = s.q[:n], s.k[:n], s.v[:n]
         att, o, gate, up = s.att[:n], s.o[:n], s.gate[:n], s.up[:n]
-        quant.get_format(w.tok_embd.ggml_type).rows(w.tok_embd.raw, ids, x)
+        if w.tok_embd.packed is not None:
+            packed.rows(w.tok_embd.packed, ids, x)
+        else:
+            quant.get_format(w.tok_embd.ggml_type).rows(w.tok_embd.raw, ids, x)
         q3 = q.reshape(n, cfg.n_head, hd)
         k3 = k.reshape(n, cfg.n_head_kv, hd)
         v3 = v.reshape(n, cfg.n_head_kv, hd)
