@@ -56,7 +56,7 @@ def sampling_options(f):
                      help="Most tokens to generate."),
         click.option("--ctx", type=click.IntRange(min=16), default=None, help="Context length [default: 2048]."),
         click.option("--threads", "-t", type=click.IntRange(min=1), default=None, envvar="EDGERT_THREADS",
-                     help="CPU threads [default: all cores]."),
+                     help="CPU threads [default: the physical cores]."),
     ]
     for o in reversed(opts):
         f = o(f)
@@ -229,6 +229,53 @@ def inspect(model, as_json):
     con.print(t)
     con.print("chat template:", style="bold")
     click.echo(info["chat_template"] or "(none; ChatML is used)")
+
+
+@cli.command()
+@click.argument("model", default=DEFAULT_MODEL)
+@click.option("--threads", "-t", type=click.IntRange(min=1), default=None, help="Threads for every backend.")
+@click.option("--prompt-tokens", "-p", type=click.IntRange(min=1), default=256, show_default=True)
+@click.option("--gen-tokens", "-n", type=click.IntRange(min=2), default=128, show_default=True)
+@click.option("--repeat", "-r", type=click.IntRange(min=1), default=3, show_default=True)
+@click.option("--vs", "versus", default="", help="Comma-separated peers to race: llama.cpp.")
+@click.option("--ctx", type=click.IntRange(min=16), default=None, help="Context for every backend [default: 512].")
+@click.option("--no-startup", is_flag=True, help="Skip the child-process start-up and memory runs.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+def bench(model, threads, prompt_tokens, gen_tokens, repeat, versus, ctx, no_startup, as_json):
+    """Prefill and decode speed, time to first token, start-up and peak memory, beside llama.cpp."""
+    from .bench import run_bench
+    from .devices.host import physical_cores
+    from .store import resolve
+
+    path = resolve(model, progress=True)
+    threads = threads or physical_cores()
+    peers = [v.strip() for v in versus.split(",") if v.strip()]
+    res = run_bench(path, threads, prompt_tokens, gen_tokens, repeat, peers, n_ctx=ctx, starts=not no_startup,
+                    progress=lambda msg: _err(f"bench: {msg}"))
+    if as_json:
+        click.echo(json.dumps(res, indent=2))
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    cols = [("prefill tok/s", "prefill_tps", "{:.1f}"), ("decode tok/s", "decode_tps", "{:.1f}"),
+            ("TTFT s", "ttft_s", "{:.3f}"), ("load s", "load_s", "{:.2f}"), ("warm start s", "warm_start_s", "{:.2f}"),
+            ("compile s", "compile_s", "{:.1f}"), ("peak RSS MB", "peak_rss_bytes", "{:.0f}")]
+    t = Table(title=f"{path.name}: {threads} threads, {prompt_tokens}-token prompt, {gen_tokens} generated, "
+                    f"median of {repeat}")
+    t.add_column("backend")
+    for c in cols:
+        t.add_column(c[0], justify="right")
+    for r in res["results"]:
+        cells = []
+        for _, k, fmt in cols:
+            v = r.get(k)
+            cells.append("-" if v is None else fmt.format(v / 1e6 if k == "peak_rss_bytes" else v))
+        t.add_row(r["backend"], *cells)
+    if "ratios" in res:
+        cells = [f"{res['ratios'][k]:.2f}" if k in res["ratios"] else "" for _, k, _ in cols]
+        t.add_row("edgert / llama.cpp", *cells, style="bold")
+    Console().print(t)
 
 
 @functools.wraps(cli)

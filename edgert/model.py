@@ -150,5 +150,7 @@ def load(name_or_path: str | Path | None = None, backend: str = "auto", device: 
     if ctx > cfg.n_ctx_train:
         log.warning("n_ctx %d is past the %d tokens the model was trained for; quality may drop", ctx, cfg.n_ctx_train)
     tok = Tokenizer.from_gguf_meta(g.meta)
+    for key in ("tokenizer.ggml.merges", "tokenizer.ggml.scores"):  # the tokenizer holds its own copy
+        g.meta.pop(key, None)
     session = be.load(g, ctx, threads=threads)
     return Model(path, session, tok, cfg, be.NAME, time.perf_counter() - t0)

@@ -25,11 +25,14 @@ def _configure_numba(threads: int | None) -> None:
     import numba
 
     numba.config.THREADING_LAYER_PRIORITY = ["omp", "tbb", "workqueue"]
-    if threads is not None:
-        limit = numba.config.NUMBA_NUM_THREADS
-        if not 1 <= threads <= limit:
-            raise EdgertError(f"--threads {threads} is outside 1..{limit} (the CPU threads numba can use).")
-        numba.set_num_threads(threads)
+    limit = numba.config.NUMBA_NUM_THREADS
+    if threads is None:
+        from .host import physical_cores
+
+        threads = min(physical_cores(), limit)
+    if not 1 <= threads <= limit:
+        raise EdgertError(f"--threads {threads} is outside 1..{limit} (the CPU threads numba can use).")
+    numba.set_num_threads(threads)
 
 
 def available() -> tuple[bool, str]:

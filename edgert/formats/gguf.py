@@ -218,13 +218,14 @@ class GGUFFile:
         arr = np.frombuffer(self._mm, dtype=dt, count=info.nbytes // dt.itemsize, offset=info.offset)
         return arr.reshape(info.shape)
 
-    def release(self, name: str) -> None:
-        """Drop a tensor's pages from this process's memory (after its bytes were copied
-        elsewhere, e.g. repacked); reading it again faults them back in from the file."""
+    def release(self, name: str, start: int = 0, stop: int | None = None) -> None:
+        """Drop bytes start..stop of a tensor from this process's memory (after they were copied
+        elsewhere, e.g. repacked); reading them again faults them back in from the file."""
         info = self.tensors[name]
+        stop = info.nbytes if stop is None else stop
         page = mmap.PAGESIZE
-        start = -(-info.offset // page) * page
-        end = (info.offset + info.nbytes) // page * page
+        start = -(-(info.offset + start) // page) * page
+        end = (info.offset + stop) // page * page
         if end > start and hasattr(mmap, "MADV_DONTNEED"):
             self._mm.madvise(mmap.MADV_DONTNEED, start, end - start)
 

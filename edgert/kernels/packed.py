@@ -80,18 +80,26 @@ def _pack_q8(raw, qs, d):
                     qs[t, b, j, lane] = row[o + 2 + j]
 
 
-def pack(raw: np.ndarray, ggml_type: int, k: int) -> Packed:
+def pack(raw: np.ndarray, ggml_type: int, k: int, done=None, chunk_bytes: int = 4 << 20) -> Packed:
+    """Repack raw GGML rows; `done(first_row, end_row)` is called after each chunk of about
+    `chunk_bytes`, so the caller can release those source pages while the rest is packed."""
     rows = raw.shape[0]
     tiles, nb = rows // TILE, k // 32
     d = np.empty((tiles, nb, TILE), np.float32)
-    if ggml_type == Q8_0:
-        qs = np.empty((tiles, nb, 32, TILE), np.uint8)
-        _pack_q8(raw, qs, d)
-        return Packed(ggml_type, qs.view(np.int8), d, None)
-    qs = np.empty((tiles, nb, 16, TILE), np.uint8)
-    m = np.empty((tiles, nb, TILE), np.float32)
-    _pack_q4(raw, 20 if ggml_type == Q4_1 else 18, ggml_type == Q4_1, qs, d, m)
-    return Packed(ggml_type, qs, d, m)
+    q8 = ggml_type == Q8_0
+    qs = np.empty((tiles, nb, 32 if q8 else 16, TILE), np.uint8)
+    m = None if q8 else np.empty((tiles, nb, TILE), np.float32)
+    step = max(1, chunk_bytes // max(1, raw.shape[1] * TILE))  # tiles per chunk
+    for t0 in range(0, tiles, step):
+        t1 = min(tiles, t0 + step)
+        src = raw[t0 * TILE : t1 * TILE]
+        if q8:
+            _pack_q8(src, qs[t0:t1], d[t0:t1])
+        else:
+            _pack_q4(src, 20 if ggml_type == Q4_1 else 18, ggml_type == Q4_1, qs[t0:t1], d[t0:t1], m[t0:t1])
+        if done is not None:
+            done(t0 * TILE, t1 * TILE)
+    return Packed(ggml_type, qs.view(np.int8) if q8 else qs, d, m)
 
 
 @njit(parallel=True, fastmath=FASTMATH, cache=CACHE)

@@ -84,8 +84,8 @@ def _matrix(g: GGUFFile, name: str, repack: bool = True) -> QTensor:
     rows, k = info.shape[0], info.shape[-1]
     raw = g.raw(name)
     if repack and packed.can_pack(info.ggml_type, rows):
-        p = packed.pack(raw, info.ggml_type, k)
-        g.release(name)
+        row_bytes = raw.shape[1]
+        p = packed.pack(raw, info.ggml_type, k, done=lambda a, b: g.release(name, a * row_bytes, b * row_bytes))
         return QTensor(raw, info.ggml_type, (rows, k), p)
     return QTensor(raw, info.ggml_type, (rows, k))
 
