@@ -128,9 +128,12 @@ def test_swiglu_and_adds():
     np.testing.assert_array_equal(x, np.stack([2 * b, 2 * b]))
 
 
-@pytest.mark.parametrize("qtype", [T.Q4_0, T.Q4_1, T.Q8_0], ids=lambda t: t.name)
+PACKED = [T.Q4_0, T.Q4_1, T.Q5_0, T.Q5_1, T.Q8_0, T.Q4_K, T.Q5_K, T.Q6_K]
+
+
+@pytest.mark.parametrize("qtype", PACKED, ids=lambda t: t.name)
 @pytest.mark.parametrize("n", [1, 3, 33, 70])  # decode, and prefill across token-chunk edges
-@pytest.mark.parametrize("rows,k", [(64, 32), (192, 576)])
+@pytest.mark.parametrize("rows,k", [(64, 256), (192, 768)])
 def test_packed_matmul_matches_naive(qtype, n, rows, k):
     from edgert.kernels import packed
 
@@ -145,11 +148,11 @@ def test_packed_matmul_matches_naive(qtype, n, rows, k):
     ids = np.array([0, rows - 1, 17], dtype=np.int64)
     rows_out = np.empty((3, k), np.float32)
     packed.rows(p, ids, rows_out)
-    np.testing.assert_allclose(rows_out, w[ids], rtol=1e-6, atol=1e-6)
+    np.testing.assert_array_equal(rows_out, w[ids])  # same float32 products as gguf.quants
 
 
 def test_pack_only_what_tiles():
     from edgert.kernels import packed
 
     assert packed.can_pack(int(T.Q4_1), 128) and not packed.can_pack(int(T.Q4_1), 100)
-    assert not packed.can_pack(int(T.Q6_K), 128)
+    assert packed.can_pack(int(T.Q6_K), 128) and not packed.can_pack(int(T.BF16), 128)

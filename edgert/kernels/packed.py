@@ -9,9 +9,13 @@ scalar (about 2 GB/s here). Packed, a tile holds TILE rows side by side:
 
 so the innermost loop runs over TILE lanes with contiguous loads and one broadcast activation,
 which vectorizes, and the per-block scale is applied once per block, with no horizontal sums.
-Q4_0 becomes Q4_1 with m = -8 d. Activations stay float32, so results match the row kernels
-to float rounding. Packing copies the weights (24 bytes a Q4 block instead of 18-20, 36 a
-Q8_0 block instead of 34); the caller then drops the file's pages from memory.
+
+Every packable format becomes value = d * code + m per block: 4-bit codes (Q4_0, Q4_1, Q4_K)
+stay two to a byte, wider ones (Q8_0, Q5_0, Q5_1, Q5_K, Q6_K) get a byte each; K-quant
+sub-block scales are multiplied out to float32 at load. Activations stay float32, so results
+match the row kernels to float rounding. Packing copies the weights (a Q4 block of 32 takes 24
+bytes instead of 18-20, a Q8_0 block 36 instead of 34, Q6_K 10 bits a weight instead of 6.6);
+the caller drops the file's pages from memory as it goes.
 """
 
 from __future__ import annotations
@@ -27,16 +31,25 @@ from .quant import F16_TABLE
 
 TILE = 64          # rows per tile: 64 float32 lanes, 8 AVX2 or 4 AVX-512 registers
 TOKENS = 32        # prefill tokens per pass over a tile, so the accumulators stay in L1
-Q4_0, Q4_1, Q8_0 = 2, 3, 8
-PACKABLE = (Q4_0, Q4_1, Q8_0)
+Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q4_K, Q5_K, Q6_K = 2, 3, 6, 7, 8, 12, 13, 14
+NIBBLE = (Q4_0, Q4_1, Q4_K)             # 4-bit codes stay packed two to a byte
+BYTE = (Q8_0, Q5_0, Q5_1, Q5_K, Q6_K)   # wider codes get a byte each
+PACKABLE = NIBBLE + BYTE
 
 
 @dataclass(frozen=True)
 class Packed:
+    """value = d * code + m per block of `block` values (m absent: 0)."""
+
     ggml_type: int
-    qs: np.ndarray            # (tiles, nb, 16, TILE) uint8 for Q4, (tiles, nb, 32, TILE) int8 for Q8_0
+    qs: np.ndarray            # nibbles (tiles, nb, 16, TILE) uint8, or codes (tiles, nb, block, TILE) int8
     d: np.ndarray             # (tiles, nb, TILE) float32
-    m: np.ndarray | None      # (tiles, nb, TILE) float32 for Q4 formats
+    m: np.ndarray | None      # (tiles, nb, TILE) float32, for formats with an offset
+    block: int                # 32, or 16 for Q6_K
+
+    @property
+    def nibbles(self) -> bool:
+        return self.ggml_type in NIBBLE
 
     @property
     def nbytes(self) -> int:
@@ -47,59 +60,126 @@ def can_pack(ggml_type: int, rows: int) -> bool:
     return ggml_type in PACKABLE and rows % TILE == 0
 
 
+@njit(inline="always")
+def _h(row, o):
+    return F16_TABLE[np.int64(row[o]) | (np.int64(row[o + 1]) << 8)]
+
+
+@njit(inline="always")
+def _k4(j, row, o):
+    """6-bit scale and min of sub-block j from the 12 packed bytes at row[o:] (Q4_K, Q5_K)."""
+    if j < 4:
+        return np.int64(row[o + j]) & 63, np.int64(row[o + j + 4]) & 63
+    sc = (np.int64(row[o + j + 4]) & 0xF) | ((np.int64(row[o + j - 4]) >> 6) << 4)
+    mn = (np.int64(row[o + j + 4]) >> 4) | ((np.int64(row[o + j]) >> 6) << 4)
+    return sc, mn
+
+
 @njit(cache=CACHE)
-def _pack_q4(raw, block_bytes, has_min, qs, d, m):
+def _codes(row, ggml_type, b, codes):
+    """Block b of a row as integer codes (the block's values / d, less m / d); returns (d, m)."""
+    if ggml_type == Q8_0 or ggml_type == Q4_0 or ggml_type == Q4_1 or ggml_type == Q5_0 or ggml_type == Q5_1:
+        if ggml_type == Q8_0:
+            size = 34
+        elif ggml_type == Q4_0:
+            size = 18
+        elif ggml_type == Q4_1:
+            size = 20
+        else:
+            size = 22 if ggml_type == Q5_0 else 24
+        o = b * size
+        d = _h(row, o)
+        if ggml_type == Q8_0:
+            for j in range(32):
+                codes[j] = (np.int64(row[o + 2 + j]) ^ 0x80) - 0x80
+            return d, np.float32(0.0)
+        has_min = ggml_type == Q4_1 or ggml_type == Q5_1
+        m = _h(row, o + 2) if has_min else np.float32(0.0)
+        qh = np.int64(0)
+        q0 = o + (4 if has_min else 2)
+        if ggml_type == Q5_0 or ggml_type == Q5_1:
+            for i in range(4):
+                qh |= np.int64(row[q0 + i]) << (8 * i)
+            q0 += 4
+        bias = 16 if ggml_type == Q5_0 else 0  # Q4_0's -8 becomes the offset m = -8 d
+        for j in range(16):
+            q = np.int64(row[q0 + j])
+            codes[j] = ((q & 15) | (((qh >> j) << 4) & 0x10)) - bias
+            codes[j + 16] = ((q >> 4) | ((qh >> (j + 12)) & 0x10)) - bias
+        return d, m
+    if ggml_type == Q6_K:  # blocks of 16: b indexes 16-value sub-blocks
+        sb, s = b // 16, b % 16
+        o = sb * 210
+        half, part = s // 8, s % 8        # 128 values per half, 8 sub-blocks of 16 each
+        quarter, second = part // 2, part % 2
+        ql, qh = o + 64 * half, o + 128 + 32 * half
+        sc = (np.int64(row[o + 192 + 8 * half + part]) ^ 0x80) - 0x80
+        d = _h(row, o + 208) * np.float32(sc)
+        for i in range(16):
+            li = 16 * second + i
+            a = np.int64(row[ql + li + (32 if quarter & 1 else 0)])
+            lo = (a & 15) if quarter < 2 else (a >> 4)
+            hi = (np.int64(row[qh + li]) >> (2 * quarter)) & 3
+            codes[i] = (lo | (hi << 4)) - 32
+        return d, np.float32(0.0)
+    # Q4_K, Q5_K: super-blocks of 256 in eight sub-blocks of 32
+    sb, s = b // 8, b % 8
+    size = 144 if ggml_type == Q4_K else 176
+    o = sb * size
+    sc, mn = _k4(s, row, o + 4)
+    d = _h(row, o) * np.float32(sc)
+    m = -(_h(row, o + 2) * np.float32(mn))
+    g, upper = s // 2, s % 2
+    qs = o + (16 if ggml_type == Q4_K else 48) + 32 * g
+    for j in range(32):
+        q = np.int64(row[qs + j])
+        code = (q >> 4) if upper else (q & 15)
+        if ggml_type == Q5_K:
+            code += 16 * ((np.int64(row[o + 16 + j]) >> s) & 1)
+        codes[j] = code
+    return d, m
+
+
+@njit(cache=CACHE)
+def _pack(raw, ggml_type, nibbles, qs, d, m):
     tiles, nb = d.shape[0], d.shape[1]
+    codes = np.empty(32, np.int64)
     for t in range(tiles):
         for lane in range(TILE):
             row = raw[t * TILE + lane]
             for b in range(nb):
-                o = b * block_bytes
-                dd = F16_TABLE[np.int64(row[o]) | (np.int64(row[o + 1]) << 8)]
+                dd, mm = _codes(row, ggml_type, b, codes)
                 d[t, b, lane] = dd
-                if has_min:
-                    m[t, b, lane] = F16_TABLE[np.int64(row[o + 2]) | (np.int64(row[o + 3]) << 8)]
-                    o += 4
+                m[t, b, lane] = mm
+                if nibbles:
+                    for j in range(16):
+                        qs[t, b, j, lane] = np.uint8(codes[j] | (codes[j + 16] << 4))
                 else:
-                    m[t, b, lane] = np.float32(-8.0) * dd
-                    o += 2
-                for j in range(16):
-                    qs[t, b, j, lane] = row[o + j]
-
-
-@njit(cache=CACHE)
-def _pack_q8(raw, qs, d):
-    tiles, nb = d.shape[0], d.shape[1]
-    for t in range(tiles):
-        for lane in range(TILE):
-            row = raw[t * TILE + lane]
-            for b in range(nb):
-                o = b * 34
-                d[t, b, lane] = F16_TABLE[np.int64(row[o]) | (np.int64(row[o + 1]) << 8)]
-                for j in range(32):
-                    qs[t, b, j, lane] = row[o + 2 + j]
+                    for j in range(qs.shape[2]):
+                        qs[t, b, j, lane] = np.uint8(codes[j] & 0xFF)
 
 
 def pack(raw: np.ndarray, ggml_type: int, k: int, done=None, chunk_bytes: int = 4 << 20) -> Packed:
     """Repack raw GGML rows; `done(first_row, end_row)` is called after each chunk of about
     `chunk_bytes`, so the caller can release those source pages while the rest is packed."""
     rows = raw.shape[0]
-    tiles, nb = rows // TILE, k // 32
+    block = 16 if ggml_type == Q6_K else 32
+    tiles, nb = rows // TILE, k // block
+    nibbles = ggml_type in NIBBLE
+    has_min = ggml_type in (Q4_0, Q4_1, Q4_K, Q5_1, Q5_K)
     d = np.empty((tiles, nb, TILE), np.float32)
-    q8 = ggml_type == Q8_0
-    qs = np.empty((tiles, nb, 32 if q8 else 16, TILE), np.uint8)
-    m = None if q8 else np.empty((tiles, nb, TILE), np.float32)
+    m = np.empty((tiles, nb, TILE), np.float32) if has_min else np.empty((1, nb, TILE), np.float32)
+    qs = np.empty((tiles, nb, 16 if nibbles else block, TILE), np.uint8)
     step = max(1, chunk_bytes // max(1, raw.shape[1] * TILE))  # tiles per chunk
     for t0 in range(0, tiles, step):
         t1 = min(tiles, t0 + step)
-        src = raw[t0 * TILE : t1 * TILE]
-        if q8:
-            _pack_q8(src, qs[t0:t1], d[t0:t1])
-        else:
-            _pack_q4(src, 20 if ggml_type == Q4_1 else 18, ggml_type == Q4_1, qs[t0:t1], d[t0:t1], m[t0:t1])
+        mt = m[t0:t1] if has_min else np.empty((t1 - t0, nb, TILE), np.float32)
+        _pack(raw[t0 * TILE : t1 * TILE], ggml_type, nibbles, qs[t0:t1], d[t0:t1], mt)
         if done is not None:
             done(t0 * TILE, t1 * TILE)
-    return Packed(ggml_type, qs.view(np.int8) if q8 else qs, d, m)
+    if nibbles and ggml_type == Q4_0:  # value = d (code - 8): an offset of -8 d
+        m = -8.0 * d
+    return Packed(ggml_type, qs if nibbles else qs.view(np.int8), d, m if has_min else None, block)
 
 
 @njit(parallel=True, fastmath=FASTMATH, cache=CACHE)
@@ -173,9 +253,9 @@ def _q4_mat(qs, d, m, x, out, scratch):
 
 
 @njit(parallel=True, fastmath=FASTMATH, cache=CACHE)
-def _q8_vec(qs, d, x, out, scratch):
-    """out[r] = row r . x for one token; x (k,)."""
-    tiles, nb = d.shape[0], d.shape[1]
+def _i8_vec(qs, d, m, has_min, x, out, scratch):
+    """out[r] = row r . x for one token; byte codes in blocks of qs.shape[2] values; x (k,)."""
+    tiles, nb, bs = d.shape[0], d.shape[1], qs.shape[2]
     for t in prange(tiles):
         s = scratch[numba.get_thread_id()]
         acc, bacc = s[0], s[1]
@@ -184,21 +264,28 @@ def _q8_vec(qs, d, x, out, scratch):
         for b in range(nb):
             for lane in range(TILE):
                 bacc[lane] = 0.0
-            for j in range(32):
-                xv = x[b * 32 + j]
+            xs = np.float32(0.0)
+            for j in range(bs):
+                xv = x[b * bs + j]
+                xs += xv
                 w = qs[t, b, j]
                 for lane in range(TILE):
                     bacc[lane] += np.float32(w[lane]) * xv
             db = d[t, b]
-            for lane in range(TILE):
-                acc[lane] += db[lane] * bacc[lane]
+            if has_min:
+                mb = m[t, b]
+                for lane in range(TILE):
+                    acc[lane] += db[lane] * bacc[lane] + mb[lane] * xs
+            else:
+                for lane in range(TILE):
+                    acc[lane] += db[lane] * bacc[lane]
         for lane in range(TILE):
             out[t * TILE + lane] = acc[lane]
 
 
 @njit(parallel=True, fastmath=FASTMATH, cache=CACHE)
-def _q8_mat(qs, d, x, out, scratch):
-    tiles, nb = d.shape[0], d.shape[1]
+def _i8_mat(qs, d, m, has_min, x, out, scratch):
+    tiles, nb, bs = d.shape[0], d.shape[1], qs.shape[2]
     n = x.shape[0]
     for t in prange(tiles):
         s = scratch[numba.get_thread_id()]
@@ -210,41 +297,49 @@ def _q8_mat(qs, d, x, out, scratch):
             acc[:] = 0.0
             for b in range(nb):
                 bacc[:] = 0.0
-                for j in range(32):
+                for j in range(bs):
                     w = qs[t, b, j]
                     for lane in range(TILE):
                         wf[lane] = np.float32(w[lane])
                     for i in range(ni):
-                        xv = x[i0 + i, b * 32 + j]
+                        xv = x[i0 + i, b * bs + j]
                         row = bacc[i]
                         for lane in range(TILE):
                             row[lane] += wf[lane] * xv
                 db = d[t, b]
                 for i in range(ni):
-                    for lane in range(TILE):
-                        acc[i, lane] += db[lane] * bacc[i, lane]
+                    if has_min:
+                        xs = np.float32(0.0)
+                        for j in range(bs):
+                            xs += x[i0 + i, b * bs + j]
+                        mb = m[t, b]
+                        for lane in range(TILE):
+                            acc[i, lane] += db[lane] * bacc[i, lane] + mb[lane] * xs
+                    else:
+                        for lane in range(TILE):
+                            acc[i, lane] += db[lane] * bacc[i, lane]
             for i in range(ni):
                 out[i0 + i, t * TILE : (t + 1) * TILE] = acc[i]
 
 
 @njit(cache=CACHE)
-def _rows(qs, d, m, has_min, ids, out):
+def _rows(qs, d, m, nibbles, has_min, ids, out):
     """Decode whole rows (an embedding lookup) from the packed layout."""
     nb = d.shape[1]
-    per = qs.shape[2]
+    bs = out.shape[1] // nb
     for i in range(ids.shape[0]):
         t, lane = ids[i] // TILE, ids[i] % TILE
         for b in range(nb):
             db = d[t, b, lane]
-            if has_min:
-                mb = m[t, b, lane]
+            mb = m[t, b, lane] if has_min else np.float32(0.0)
+            if nibbles:
                 for j in range(16):
                     q = qs[t, b, j, lane]
                     out[i, b * 32 + j] = db * np.float32(q & np.uint8(15)) + mb
                     out[i, b * 32 + 16 + j] = db * np.float32(q >> np.uint8(4)) + mb
             else:
-                for j in range(per):
-                    out[i, b * 32 + j] = db * np.float32(qs[t, b, j, lane])
+                for j in range(bs):
+                    out[i, b * bs + j] = db * np.float32(qs[t, b, j, lane]) + mb
 
 
 def scratch_shape(threads: int) -> tuple[int, int, int]:
@@ -253,17 +348,19 @@ def scratch_shape(threads: int) -> tuple[int, int, int]:
 
 def matmul(p: Packed, x: np.ndarray, out: np.ndarray, scratch: np.ndarray) -> None:
     """out (n, rows) = x (n, k) @ W.T, W packed; scratch from `scratch_shape`."""
-    if x.shape[0] == 1:  # decode: 1-D views keep the index arithmetic simple enough to vectorize
-        if p.m is not None:
+    if p.nibbles:
+        if x.shape[0] == 1:  # decode: 1-D views keep the index arithmetic simple enough to vectorize
             _q4_vec(p.qs, p.d, p.m, x[0], out[0], scratch)
         else:
-            _q8_vec(p.qs, p.d, x[0], out[0], scratch)
-    elif p.m is not None:
-        _q4_mat(p.qs, p.d, p.m, x, out, scratch)
+            _q4_mat(p.qs, p.d, p.m, x, out, scratch)
+        return
+    m = p.m if p.m is not None else p.d
+    if x.shape[0] == 1:
+        _i8_vec(p.qs, p.d, m, p.m is not None, x[0], out[0], scratch)
     else:
-        _q8_mat(p.qs, p.d, x, out, scratch)
+        _i8_mat(p.qs, p.d, m, p.m is not None, x, out, scratch)
 
 
 def rows(p: Packed, ids: np.ndarray, out: np.ndarray) -> None:
     m = p.m if p.m is not None else p.d
-    _rows(p.qs, p.d, m, p.m is not None, ids, out)
+    _rows(p.qs, p.d, m, p.nibbles, p.m is not None, ids, out)
