@@ -188,12 +188,24 @@ def run_bench(model_path: Path, threads: int, n_prompt: int, n_gen: int, repeat:
     n_ctx = n_ctx or max(512, n_prompt + n_gen + 8)
     ids = prompt_ids(model_path, n_prompt)
     names = ["edgert"] + [v for v in versus if v != "edgert"]
-    runners = []
     for name in names:
         if name not in BACKENDS:
             raise EdgertError(f"unknown backend {name!r} for --vs; known: {', '.join(BACKENDS[1:])}.")
-        runners.append((_Edgert if name == "edgert" else _LlamaCpp)(model_path, threads, n_ctx))
-    results = {r.name: Result(r.name, load_s=r.load_s) for r in runners}
+    # start-up and memory first, in children, while this process holds no model or thread pool
+    starts_by = {}
+    for name in names if starts else ():
+        if progress:
+            progress(f"start-up and memory: {name}")
+        warm = _child_run(name, model_path, threads, n_ctx, n_prompt, n_gen, None)
+        start = {"peak_rss_bytes": warm["peak_rss_bytes"], "warm_start_s": warm["start_to_first_token_s"]}
+        if name == "edgert":
+            with tempfile.TemporaryDirectory(prefix="edgert-cold-") as cold_dir:
+                cold = _child_run(name, model_path, threads, n_ctx, 8, 2, cold_dir)
+            start["cold_start_s"] = cold["start_to_first_token_s"]
+            start["compile_s"] = max(0.0, cold["start_to_first_token_s"] - warm["start_to_first_token_s"])
+        starts_by[name] = start
+    runners = [(_Edgert if name == "edgert" else _LlamaCpp)(model_path, threads, n_ctx) for name in names]
+    results = {r.name: Result(r.name, load_s=r.load_s, start=starts_by.get(r.name, {})) for r in runners}
     for r in runners:  # one untimed pass each: page in weights, load cached kernels
         r.run(ids[: min(16, len(ids))], 2)
     for i in range(repeat):
@@ -205,18 +217,6 @@ def run_bench(model_path: Path, threads: int, n_prompt: int, n_gen: int, repeat:
             res.prefill_tps.append(len(ids) / t_prefill)
             res.decode_tps.append((n_gen - 1) / t_decode)
             res.ttft_s.append(ttft)
-    if starts:
-        for r in runners:
-            if progress:
-                progress(f"start-up and memory: {r.name}")
-            warm = _child_run(r.name, model_path, threads, n_ctx, n_prompt, n_gen, None)
-            start = {"peak_rss_bytes": warm["peak_rss_bytes"], "warm_start_s": warm["start_to_first_token_s"]}
-            if r.name == "edgert":
-                with tempfile.TemporaryDirectory(prefix="edgert-cold-") as cold_dir:
-                    cold = _child_run(r.name, model_path, threads, n_ctx, 8, 2, cold_dir)
-                start["cold_start_s"] = cold["start_to_first_token_s"]
-                start["compile_s"] = max(0.0, cold["start_to_first_token_s"] - warm["start_to_first_token_s"])
-            results[r.name].start = start
     out = {
         "model": str(model_path), "threads": threads, "prompt_tokens": n_prompt, "gen_tokens": n_gen,
         "repeat": repeat, "n_ctx": n_ctx, "results": [results[n].summary() for n in names],

@@ -222,6 +222,7 @@ class Tokenizer:
     def _piece_tables(self) -> tuple[list[bytes], list[bytes]]:
         """Bytes each token stands for (llama.cpp's token_to_piece), with and without special tokens."""
         table = _byte_decoder()
+        to_bytes = {ord(c): b for c, b in table.items()}  # str.translate + latin-1: one C call a token
         pieces = []
         for text, t in zip(self._tokens, self._types, strict=True):
             if t in (CONTROL, UNKNOWN, USER_DEFINED):
@@ -231,7 +232,10 @@ class Tokenizer:
             elif t == NORMAL and self.kind == "spm":
                 piece = text.replace("▁", " ").encode()
             elif t == NORMAL:
-                piece = b"".join(bytes([table[c]]) if c in table else c.encode() for c in text)
+                try:
+                    piece = text.translate(to_bytes).encode("latin-1")
+                except UnicodeEncodeError:  # a character outside GPT-2's byte alphabet: as UTF-8
+                    piece = b"".join(bytes([table[c]]) if c in table else c.encode() for c in text)
             else:  # unused, and byte tokens in a BPE vocabulary: llama.cpp prints nothing
                 piece = b""
             pieces.append(piece)

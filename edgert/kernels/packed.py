@@ -140,11 +140,11 @@ def _codes(row, ggml_type, b, codes):
     return d, m
 
 
-@njit(cache=CACHE)
+@njit(parallel=True, cache=CACHE)
 def _pack(raw, ggml_type, nibbles, qs, d, m):
     tiles, nb = d.shape[0], d.shape[1]
-    codes = np.empty(32, np.int64)
-    for t in range(tiles):
+    for t in prange(tiles):
+        codes = np.empty(32, np.int64)
         for lane in range(TILE):
             row = raw[t * TILE + lane]
             for b in range(nb):
