@@ -342,6 +342,34 @@ def _rows(qs, d, m, nibbles, has_min, ids, out):
                     out[i, b * bs + j] = db * np.float32(qs[t, b, j, lane]) + mb
 
 
+@njit(nogil=True, fastmath=FASTMATH, cache=CACHE)
+def _deq_tiles(qs, d, m, nibbles, has_min, t0, t1, out):
+    """Rows of tiles t0..t1 decoded to float32 into out (rows, k), for a BLAS product; serial
+    and without the GIL, so that worker threads each decode and multiply their own rows."""
+    nb = d.shape[1]
+    bs = out.shape[1] // nb
+    for t in range(t0, t1):
+        for lane in range(TILE):
+            r = (t - t0) * TILE + lane
+            for b in range(nb):
+                db = d[t, b, lane]
+                mb = m[t, b, lane] if has_min else np.float32(0.0)
+                if nibbles:
+                    for j in range(16):
+                        q = qs[t, b, j, lane]
+                        out[r, b * 32 + j] = db * np.float32(q & np.uint8(15)) + mb
+                        out[r, b * 32 + 16 + j] = db * np.float32(q >> np.uint8(4)) + mb
+                else:
+                    for j in range(bs):
+                        out[r, b * bs + j] = db * np.float32(qs[t, b, j, lane]) + mb
+
+
+def dequantize_rows(p: Packed, r0: int, r1: int, out: np.ndarray) -> None:
+    """Rows r0..r1 (multiples of TILE) as float32 into out (r1 - r0, k)."""
+    m = p.m if p.m is not None else p.d
+    _deq_tiles(p.qs, p.d, m, p.nibbles, p.m is not None, r0 // TILE, r1 // TILE, out)
+
+
 def scratch_shape(threads: int) -> tuple[int, int, int]:
     return (threads, 2 + 2 * TOKENS, TILE)
 

@@ -216,6 +216,16 @@ def _make_matmul(deq):
     return matmul
 
 
+def _make_row_range(deq):
+    @njit(nogil=True, fastmath=FASTMATH, cache=CACHE)
+    def row_range(w, r0, out):
+        """out[i] = row r0 + i of w, decoded; out (n, k). Serial, without the GIL."""
+        for i in range(out.shape[0]):
+            deq(w[r0 + i], out[i])
+
+    return row_range
+
+
 def _make_rows(deq):
     @njit(fastmath=FASTMATH, cache=CACHE)
     def rows(w, ids, out):
@@ -233,6 +243,7 @@ class QuantFormat:
         self.name, self.block, self.type_size, self.deq = name, block, type_size, deq
         self.matmul = _make_matmul(deq)
         self.rows = _make_rows(deq)
+        self.row_range = _make_row_range(deq)
 
 
 # GGMLQuantizationType value -> decoder; block and byte sizes come from the gguf package

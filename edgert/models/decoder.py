@@ -7,6 +7,7 @@ length and a number of sequence slots, each slot with its own KV region.
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 
 import numpy as np
@@ -114,6 +115,10 @@ def load_weights(g: GGUFFile, cfg: ModelConfig, repack: bool = True) -> Weights:
     return Weights(tok, out, _vector(g, "output_norm.weight"), tuple(layers), freqs)
 
 
+GEMM_FLOATS = 1 << 20       # prefill decodes weights 4 MB of float32 at a time for BLAS
+GEMM_MIN_TOKENS = 16        # below this the tiled kernels win (no decode pass, no BLAS start-up)
+
+
 class RunState:
     """Every buffer the forward pass writes; shapes in the comments (B = batch rows)."""
 
@@ -134,6 +139,12 @@ class RunState:
         self.logits = np.zeros((1, cfg.vocab_size), f32)  # last position's logits
         self.scratch = np.zeros((n_threads, max(d, q, ff)), f32)  # one decoded weight row per thread
         self.tile_scratch = np.zeros(packed.scratch_shape(n_threads), f32)  # tiled kernels' accumulators
+        # prefill: per worker thread, weight rows decoded to float32 a chunk at a time for a BLAS
+        # product, and that product's output
+        k_max = max(d, q, ff)
+        self.gemm_rows = max(packed.TILE, GEMM_FLOATS // k_max // packed.TILE * packed.TILE)
+        self.wbuf = np.zeros((n_threads, self.gemm_rows * k_max), f32)
+        self.gemm_out = np.zeros((n_threads, B * self.gemm_rows), f32)
         self.scores = np.zeros((n_threads, n_ctx), f32)           # attention scores per thread
         # KV cache: (slots, layers, kv_heads, ctx, head_dim)
         shape = (n_slots, cfg.n_layer, cfg.n_head_kv, n_ctx, hd)
@@ -143,8 +154,11 @@ class RunState:
     @staticmethod
     def bytes_needed(cfg: ModelConfig, n_ctx: int, n_batch: int, n_slots: int, n_threads: int) -> dict[str, int]:
         d, q, kv, ff = cfg.n_embd, cfg.q_dim, cfg.kv_dim, cfg.n_ff
+        k_max = max(d, q, ff)
+        gemm_rows = max(packed.TILE, GEMM_FLOATS // k_max // packed.TILE * packed.TILE)
         scratch = 4 * (n_batch * (3 * d + 2 * q + 2 * kv + 2 * ff) + cfg.vocab_size
-                       + n_threads * (max(d, q, ff) + n_ctx) + int(np.prod(packed.scratch_shape(n_threads))))
+                       + n_threads * (k_max + n_ctx) + int(np.prod(packed.scratch_shape(n_threads)))
+                       + n_threads * gemm_rows * (k_max + n_batch))
         kv_bytes = 2 * 4 * n_slots * cfg.n_layer * cfg.n_head_kv * n_ctx * cfg.head_dim
         return {"kv": kv_bytes, "scratch": scratch}
 
@@ -157,12 +171,45 @@ class Decoder:
         self.cos, self.sin = ops.rope_table(state.n_ctx, cfg.n_rot, cfg.rope_base, cfg.rope_pos_scale,
                                             weights.rope_freqs)
         self.scale = np.float32(ops.sqrt_recip(cfg.head_dim))
+        self._blas = self._pool = None  # made on the first prefill
 
     def _mm(self, t: QTensor, x: np.ndarray, out: np.ndarray) -> None:
+        if x.shape[0] >= GEMM_MIN_TOKENS:
+            return self._gemm(t, x, out)
         if t.packed is not None:
             packed.matmul(t.packed, x, out, self.s.tile_scratch)
         else:
             quant.matmul(t.raw, t.ggml_type, x, out, self.s.scratch)
+
+    def _gemm(self, t: QTensor, x: np.ndarray, out: np.ndarray) -> None:
+        """Prefill: decode weight rows to float32 a chunk at a time and multiply with NumPy's
+        BLAS, which reaches far more FLOPs than a Numba loop; each weight is decoded once per
+        batch. The rows are split over worker threads, each running single-threaded BLAS
+        (set in `forward`), so OpenBLAS's own spinning pool never competes with the kernels."""
+        rows = t.shape[0]
+        workers = len(self.s.wbuf)
+        per = -(-rows // workers // packed.TILE) * packed.TILE
+        parts = [(i, r0, min(rows, r0 + per)) for i, r0 in enumerate(range(0, rows, per))]
+        if len(parts) == 1:
+            self._gemm_part(t, x, out, *parts[0])
+            return
+        for f in [self._pool.submit(self._gemm_part, t, x, out, *p) for p in parts]:
+            f.result()
+
+    def _gemm_part(self, t: QTensor, x: np.ndarray, out: np.ndarray, worker: int, first: int, end: int) -> None:
+        s = self.s
+        k = t.shape[1]
+        n = x.shape[0]
+        for r0 in range(first, end, s.gemm_rows):
+            r1 = min(end, r0 + s.gemm_rows)
+            w = s.wbuf[worker, : (r1 - r0) * k].reshape(r1 - r0, k)
+            if t.packed is not None and r1 % packed.TILE == 0:
+                packed.dequantize_rows(t.packed, r0, r1, w)
+            else:
+                quant.get_format(t.ggml_type).row_range(t.raw, r0, w)
+            res = s.gemm_out[worker, : n * (r1 - r0)].reshape(n, r1 - r0)
+            np.matmul(x, w.T, out=res)
+            out[:, r0:r1] = res
 
     def forward(self, ids: np.ndarray, pos0: int, slot: int, out: np.ndarray | None) -> np.ndarray:
         """Feed ids at positions pos0.. into the slot's cache; returns logits.
@@ -171,11 +218,22 @@ class Decoder:
         the last position's, into the run state's buffer (a view, valid until the next call)."""
         s = self.s
         n = len(ids)
-        for start in range(0, n, s.n_batch):
-            chunk = ids[start : start + s.n_batch]
-            rows = out[start : start + len(chunk)] if out is not None else None
-            last = self._forward_chunk(chunk, pos0 + start, slot, rows)
+        with self._blas_one_thread() if n >= GEMM_MIN_TOKENS else contextlib.nullcontext():
+            for start in range(0, n, s.n_batch):
+                chunk = ids[start : start + s.n_batch]
+                rows = out[start : start + len(chunk)] if out is not None else None
+                last = self._forward_chunk(chunk, pos0 + start, slot, rows)
         return out if out is not None else last
+
+    def _blas_one_thread(self):
+        if self._blas is None:
+            from concurrent.futures import ThreadPoolExecutor
+
+            from threadpoolctl import ThreadpoolController
+
+            self._blas = ThreadpoolController()
+            self._pool = ThreadPoolExecutor(len(self.s.wbuf), thread_name_prefix="edgert-gemm")
+        return self._blas.limit(limits=1, user_api="blas")
 
     def _forward_chunk(self, ids: np.ndarray, pos0: int, slot: int, out_rows: np.ndarray | None) -> np.ndarray:
         s, cfg, w = self.s, self.cfg, self.w
