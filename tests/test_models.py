@@ -17,6 +17,7 @@ import synth
 # random-weight toy models: float32 in both, summed in different orders over 2 layers
 LOGIT_ATOL = 2e-3
 IDS = [5, 77, 200, 13, 13, 250, 9, 101, 42]
+LONG = [(i * 37 + 11) % 260 for i in range(40)]  # past GEMM_MIN_TOKENS: the BLAS prefill path
 
 FAMILIES = [
     ("llama", {}), ("mistral", {}), ("qwen2", {}), ("qwen3", {"head_dim": 32}),
@@ -41,12 +42,13 @@ def test_family_matches_reference(tmp_path, arch, opts):
 
 @pytest.mark.parametrize("qtype", [T.F32, T.F16, T.Q8_0, T.Q4_0, T.Q4_1, T.Q5_0, T.Q5_1, T.Q4_K, T.Q5_K, T.Q6_K],
                          ids=lambda t: t.name)
-def test_quant_types_match_reference(tmp_path, qtype):
+@pytest.mark.parametrize("ids", [IDS, LONG], ids=["tiled", "gemm"])
+def test_quant_types_match_reference(tmp_path, qtype, ids):
     path = synth.write_model(tmp_path / "m.gguf", "llama", qtype, n_layer=1, embd_type=T.Q8_0)
     m = _load(path)
     g = read_gguf(path)
-    ref = naive.forward(g, model_config(g), IDS)
-    np.testing.assert_allclose(m.logits(IDS), ref, atol=LOGIT_ATOL * np.abs(ref).max(), rtol=0)
+    ref = naive.forward(g, model_config(g), ids)
+    np.testing.assert_allclose(m.logits(ids), ref, atol=LOGIT_ATOL * np.abs(ref).max(), rtol=0)
 
 
 def test_incremental_equals_batched(tmp_path):
