@@ -20,13 +20,13 @@ if TYPE_CHECKING:
     from .model import Generation, Model
 
 
-def load(name_or_path=None, backend: str = "auto", device: str | None = None, n_ctx: int | None = None,
-         budget=None, threads: int | None = None, progress: bool = False) -> Model:
+def load(name_or_path=None, backend: str = "auto", device: str | None = None, n_ctx: int | str | None = None,
+         budget=None, threads: int | None = None, kv_type: str | None = None, progress: bool = False) -> Model:
     """Load a model by catalogue name (`smollm2-135m`) or .gguf path; see `edgert.model.load`."""
     from .model import load as _load
 
     return _load(name_or_path, backend=backend, device=device, n_ctx=n_ctx, budget=budget, threads=threads,
-                 progress=progress)
+                 kv_type=kv_type, progress=progress)
 
 
 def __getattr__(name: str):

@@ -41,6 +41,44 @@ def _err(msg: str) -> None:
     click.echo(msg, err=True)
 
 
+class _Ctx(click.ParamType):
+    """A context length, or 'auto' for the largest that fits the memory budget."""
+
+    name = "N|auto"
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, int) or value == "auto":
+            return value
+        try:
+            n = int(value)
+        except ValueError:
+            self.fail(f"{value!r} is neither a number of tokens nor 'auto'", param, ctx)
+        if n < 16:
+            self.fail(f"{n} is below the smallest context, 16", param, ctx)
+        return n
+
+
+CTX = _Ctx()
+
+
+def load_options(f):
+    """Where and how a model loads: backend, device profile, memory budget, context, KV precision."""
+    opts = [
+        click.option("--backend", default="auto", show_default=True, envvar="EDGERT_BACKEND",
+                     help="cpu (edgert's kernels), llama.cpp, or auto (from the device and what is installed)."),
+        click.option("--device", default=None, help="Plan for a device profile (see `edgert devices`)."),
+        click.option("--budget", default=None, help="Memory budget, e.g. 1.5GiB; a load that cannot fit is refused."),
+        click.option("--ctx", type=CTX, default=None, help="Context length, or auto: the largest that fits [2048]."),
+        click.option("--kv-type", type=click.Choice(["f32", "f16", "q8_0"]), default=None,
+                     help="KV cache precision [cpu: f32, llama.cpp: f16]."),
+        click.option("--threads", "-t", type=click.IntRange(min=1), default=None, envvar="EDGERT_THREADS",
+                     help="CPU threads [default: the physical cores]."),
+    ]
+    for o in reversed(opts):
+        f = o(f)
+    return f
+
+
 def sampling_options(f):
     """The sampling and context flags `chat` and `run` share (llama.cpp's defaults)."""
     opts = [
@@ -54,23 +92,42 @@ def sampling_options(f):
         click.option("--seed", type=int, default=None, help="Seed for reproducible sampling."),
         click.option("--max-tokens", "-n", type=click.IntRange(min=1), default=512, show_default=True,
                      help="Most tokens to generate."),
-        click.option("--ctx", type=click.IntRange(min=16), default=None, help="Context length [default: 2048]."),
-        click.option("--threads", "-t", type=click.IntRange(min=1), default=None, envvar="EDGERT_THREADS",
-                     help="CPU threads [default: the physical cores]."),
     ]
     for o in reversed(opts):
         f = o(f)
-    return f
+    return load_options(f)
 
 
 def _sampling(kw: dict) -> dict:
     return {k: kw[k] for k in ("temp", "top_k", "top_p", "min_p", "repeat_penalty", "seed", "max_tokens")}
 
 
-def _load(model: str | None, ctx, threads):
+def _load(model: str | None, kw: dict):
     import edgert
 
-    return edgert.load(model or DEFAULT_MODEL, n_ctx=ctx, threads=threads, progress=True)
+    m = edgert.load(model or DEFAULT_MODEL, backend=kw["backend"], device=kw["device"], n_ctx=kw["ctx"],
+                    budget=kw["budget"], threads=kw["threads"], kv_type=kw["kv_type"], progress=True)
+    if kw["backend"] == "auto":
+        logging.getLogger("edgert").info("backend: %s (auto)", m.backend)
+    return m
+
+
+def peak_rss_bytes() -> int | None:
+    """This process's peak resident memory (Linux VmHWM; elsewhere ru_maxrss)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    try:
+        import resource
+
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        return peak if sys.platform == "darwin" else peak * 1024
+    except (ImportError, OSError):
+        return None
 
 
 def _stats_line(r) -> str:
@@ -89,9 +146,10 @@ def chat(model, system, stats, **kw):
     /reset starts over, /exit or Ctrl-D leaves, Ctrl-C stops the current reply."""
     from .conversation import Conversation
 
-    m = _load(model, kw["ctx"], kw["threads"])
+    m = _load(model, kw)
     conv = Conversation(m, system=system, reserve=min(kw["max_tokens"], m.n_ctx // 2))
-    _err(f"edgert: {m.path.name} on {m.backend} ({m.config.arch}, ctx {m.n_ctx}). /reset, /exit, Ctrl-D to leave.")
+    _err(f"edgert: {m.path.name} on {m.backend} ({m.config.arch}, ctx {m.n_ctx}, KV {m.plan.kv_type}). "
+         "/reset, /exit, Ctrl-D to leave.")
     while True:
         try:
             line = input(">>> ")
@@ -144,7 +202,7 @@ def run(model, prompt, as_chat, system, ignore_eos, stop, as_json, **kw):
     """Stream one completion of PROMPT ('-' reads stdin) from MODEL."""
     if prompt == "-":
         prompt = sys.stdin.read()
-    m = _load(model, kw["ctx"], kw["threads"])
+    m = _load(model, kw)
     inp = prompt
     if as_chat:
         inp = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": prompt}]
@@ -164,6 +222,8 @@ def run(model, prompt, as_chat, system, ignore_eos, stop, as_json, **kw):
             "text": "".join(parts), "prompt_tokens": last.prompt_tokens, "tokens": last.generation_tokens,
             "prefill_tps": round(last.prompt_tps, 2), "decode_tps": round(last.generation_tps, 2),
             "finish_reason": last.finish_reason, "load_s": round(m.load_seconds, 3), "backend": m.backend,
+            "n_ctx": m.n_ctx, "kv_type": m.plan.kv_type, "planned_bytes": m.plan.total_bytes,
+            "peak_rss_bytes": peak_rss_bytes(),
         }))
     else:
         click.echo()
@@ -276,6 +336,52 @@ def bench(model, threads, prompt_tokens, gen_tokens, repeat, versus, ctx, no_sta
         cells = [f"{res['ratios'][k]:.2f}" if k in res["ratios"] else "" for _, k, _ in cols]
         t.add_row("edgert / llama.cpp", *cells, style="bold")
     Console().print(t)
+
+
+@cli.command()
+@click.argument("model", default=DEFAULT_MODEL)
+@click.option("--backend", default="cpu", show_default=True, help="cpu or llama.cpp.")
+@click.option("--device", default=None, help="A device profile (see `edgert devices`) [default: this host].")
+@click.option("--ctx", type=CTX, default=None, help="Context length or auto [2048].")
+@click.option("--kv-type", type=click.Choice(["f32", "f16", "q8_0"]), default=None)
+@click.option("--budget", default=None, help="Memory budget, e.g. 1.5GiB [default: the device's usable memory].")
+@click.option("--threads", "-t", type=click.IntRange(min=1), default=None)
+@click.option("--json", "as_json", is_flag=True)
+def plan(model, backend, device, ctx, kv_type, budget, threads, as_json):
+    """Will MODEL fit? Memory it will take, before loading anything, and an estimate of its speed."""
+    from .devices.cpu import model_config
+    from .devices.plan import MIB, plan_memory
+    from .formats.gguf import read_gguf
+    from .store import resolve
+
+    g = read_gguf(resolve(model, progress=True))
+    kv_type = kv_type or ("f16" if backend == "llama.cpp" else "f32")
+    p = plan_memory(g, model_config(g), backend=backend, n_ctx=ctx, kv_type=kv_type, budget=budget, device=device,
+                    threads=threads)
+    if as_json:
+        click.echo(json.dumps(p.to_dict(), indent=2))
+    else:
+        lines = [f"{g.path.name} on {backend}, device {p.device}, context {p.n_ctx}, KV {p.kv_type}",
+                 f"  weights   {p.weights_bytes / MIB:9.1f} MiB", f"  KV cache  {p.kv_bytes / MIB:9.1f} MiB",
+                 f"  scratch   {p.scratch_bytes / MIB:9.1f} MiB", f"  runtime   {p.overhead_bytes / MIB:9.1f} MiB",
+                 f"  total     {p.total_bytes / MIB:9.1f} MiB of {p.budget_bytes / MIB:.0f} MiB ({p.budget_source})"
+                 f": {'fits' if p.fits else 'does NOT fit'}",
+                 f"  largest context that fits: {p.max_ctx}",
+                 f"  decode: about {p.predicted_decode_tps:.0f} tok/s (an estimate: the memory-bandwidth bound is "
+                 f"{p.roofline_decode_tps:.0f} tok/s)"]
+        lines += [f"  to fit: {s}" for s in p.suggestions]
+        click.echo("\n".join(lines))
+    if not p.fits:
+        sys.exit(1)
+
+
+@cli.command()
+@click.option("--json", "as_json", is_flag=True)
+def devices(as_json):
+    """This host as detected, and the device profiles edgert plans for."""
+    from .devices.profiles import format_devices
+
+    click.echo(format_devices(as_json=as_json))
 
 
 @functools.wraps(cli)

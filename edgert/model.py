@@ -17,7 +17,6 @@ from .sampling import make_logits_processors, make_sampler
 
 log = logging.getLogger(__name__)
 
-DEFAULT_CTX = 2048
 
 
 @dataclass(frozen=True)
@@ -38,6 +37,7 @@ class Model:
         self.path, self.session, self.tokenizer, self.config = path, session, tokenizer, config
         self.backend, self.load_seconds = backend, load_seconds
         self._slot = SlotState(0)
+        self.plan = None  # the MemoryPlan the load was checked against
 
     def __repr__(self) -> str:
         return f"Model({self.path.name!r}, arch={self.config.arch}, backend={self.backend}, n_ctx={self.n_ctx})"
@@ -127,10 +127,17 @@ class Model:
 
 
 def load(name_or_path: str | Path | None = None, backend: str = "auto", device: str | None = None,
-         n_ctx: int | None = None, budget: str | int | None = None, threads: int | None = None,
-         progress: bool = False) -> Model:
-    """Load a model by catalogue name or path, pulling a catalogue model on first use."""
+         n_ctx: int | str | None = None, budget: str | int | None = None, threads: int | None = None,
+         kv_type: str | None = None, progress: bool = False) -> Model:
+    """Load a model by catalogue name or path, pulling a catalogue model on first use.
+
+    The memory plan is computed first, from the file's header: with `budget` (bytes or '1.5GiB'),
+    a `device` profile, or else this host's available memory as the limit, a load that would not
+    fit is refused before anything is allocated, and `n_ctx='auto'` takes the largest context
+    that fits."""
     from .devices import get_backend
+    from .devices.cpu import model_config
+    from .devices.plan import plan_memory
     from .formats.gguf import read_gguf
     from .store import resolve
     from .tokenizer import Tokenizer
@@ -140,17 +147,21 @@ def load(name_or_path: str | Path | None = None, backend: str = "auto", device: 
     if path.is_dir() or path.suffix.lower() != ".gguf":
         raise EdgertError(f"{path} is not a .gguf file; edgert runs GGUF models (other formats come with convert).")
     g = read_gguf(path)
-    be = get_backend(backend)
-    from .devices.cpu import model_config
-
     cfg = model_config(g)
-    ctx = min(DEFAULT_CTX, cfg.n_ctx_train) if n_ctx is None else int(n_ctx)
-    if ctx < 16:
-        raise EdgertError(f"a context of {ctx} tokens is too small; use at least 16.")
-    if ctx > cfg.n_ctx_train:
-        log.warning("n_ctx %d is past the %d tokens the model was trained for; quality may drop", ctx, cfg.n_ctx_train)
+    be = get_backend(backend, device)
+    kv_type = kv_type or ("f16" if be.NAME == "llama.cpp" else "f32")
+    plan = plan_memory(g, cfg, backend=be.NAME, n_ctx=n_ctx, kv_type=kv_type, budget=budget, device=device,
+                       threads=threads)
+    if not plan.fits:
+        raise EdgertError(plan.refusal())
+    if plan.n_ctx > cfg.n_ctx_train:
+        log.warning("n_ctx %d is past the %d tokens the model was trained for; quality may drop", plan.n_ctx,
+                    cfg.n_ctx_train)
     tok = Tokenizer.from_gguf_meta(g.meta)
     for key in ("tokenizer.ggml.merges", "tokenizer.ggml.scores"):  # the tokenizer holds its own copy
         g.meta.pop(key, None)
-    session = be.load(g, ctx, threads=threads)
-    return Model(path, session, tok, cfg, be.NAME, time.perf_counter() - t0)
+    options = {"kv_type": kv_type} if be.NAME == "cpu" else {}
+    session = be.load(g, plan.n_ctx, threads=threads, **options)
+    model = Model(path, session, tok, cfg, be.NAME, time.perf_counter() - t0)
+    model.plan = plan
+    return model

@@ -56,7 +56,7 @@ class CPUSession:
     backend = NAME
 
     def __init__(self, g: GGUFFile, cfg: ModelConfig, n_ctx: int, n_slots: int = 1, n_batch: int = 256,
-                 threads: int | None = None):
+                 threads: int | None = None, kv_type: str = "f32"):
         _configure_numba(threads)
         import numba
 
@@ -66,7 +66,8 @@ class CPUSession:
         self.n_ctx, self.n_vocab, self.n_slots = n_ctx, cfg.vocab_size, n_slots
         self.threads = numba.get_num_threads()
         self.weights = load_weights(g, cfg)
-        self.state = RunState(cfg, n_ctx, n_batch, n_slots, self.threads)
+        self.state = RunState(cfg, n_ctx, n_batch, n_slots, self.threads, kv_type)
+        self.kv_type = kv_type
         self.decoder = Decoder(cfg, self.weights, self.state)
 
     def forward(self, ids: np.ndarray, pos: int, slot: int = 0, all_logits: bool = False) -> np.ndarray:
@@ -91,11 +92,9 @@ class CPUSession:
 
     @property
     def memory_bytes(self) -> int:
-        s = self.state
-        bufs = [s.x, s.xn, s.q, s.k, s.v, s.att, s.o, s.gate, s.up, s.logits, s.scratch, s.tile_scratch, s.scores,
-                s.k_cache, s.v_cache]
-        return self.weight_bytes + sum(b.nbytes for b in bufs)
+        return self.weight_bytes + self.state.scratch_bytes + self.state.kv.nbytes
 
 
-def load(g: GGUFFile, n_ctx: int, n_slots: int = 1, threads: int | None = None) -> CPUSession:
-    return CPUSession(g, model_config(g), n_ctx, n_slots=n_slots, threads=threads)
+def load(g: GGUFFile, n_ctx: int, n_slots: int = 1, threads: int | None = None, kv_type: str = "f32",
+         **_) -> CPUSession:
+    return CPUSession(g, model_config(g), n_ctx, n_slots=n_slots, threads=threads, kv_type=kv_type)

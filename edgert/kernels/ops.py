@@ -13,6 +13,7 @@ import numpy as np
 from numba import njit, prange
 
 from . import CACHE, FASTMATH
+from .quant import F16_TABLE
 
 
 @njit(fastmath=FASTMATH, cache=CACHE)
@@ -76,42 +77,123 @@ def rope(x, pos0, cos, sin, neox):
                 x[i, a, i1] = x0 * s + x1 * c
 
 
-@njit(parallel=True, fastmath=FASTMATH, cache=CACHE)
-def attention(q, k_cache, v_cache, pos0, scale, out, scores):
-    """Causal grouped-query attention over a preallocated cache.
+def _make_attention(dot, axpy):
+    """Causal grouped-query attention over a preallocated cache whose rows `dot` and `axpy`
+    read (float32, float16 bits, or 8-bit blocks with scales)."""
 
-    q (n, heads, hd) for positions pos0..pos0+n-1; k_cache, v_cache (kv_heads, ctx, hd) already
-    hold those positions; out (n, heads, hd); scores (threads, ctx) scratch, one row per thread."""
-    n, heads, hd = q.shape
-    kv_heads = k_cache.shape[0]
-    group = heads // kv_heads
-    for task in prange(n * heads):
-        i = task // heads
-        a = task % heads
-        kv = a // group
-        row = scores[numba.get_thread_id()]
-        last = pos0 + i + 1
-        mx = np.float32(-np.inf)
-        for p in range(last):
-            s = np.float32(0.0)
+    @njit(parallel=True, fastmath=FASTMATH, cache=CACHE)
+    def attention(q, k_cache, k_scale, v_cache, v_scale, pos0, scale, out, scores, tmp):
+        """q (n, heads, hd) for positions pos0..pos0+n-1; caches (kv_heads, ctx, hd) already hold
+        those positions; out (n, heads, hd); scores (threads, ctx) and tmp (threads, hd) uint32
+        scratch, one row per thread."""
+        n, heads, hd = q.shape
+        kv_heads = k_cache.shape[0]
+        group = heads // kv_heads
+        for task in prange(n * heads):
+            i = task // heads
+            a = task % heads
+            kv = a // group
+            tid = numba.get_thread_id()
+            row = scores[tid]
+            bits = tmp[tid]
+            vals = bits.view(np.float32)
+            last = pos0 + i + 1
+            mx = np.float32(-np.inf)
+            for p in range(last):
+                s = dot(q[i, a], k_cache[kv, p], k_scale[kv, p], bits, vals) * scale
+                row[p] = s
+                if s > mx:
+                    mx = s
+            total = np.float32(0.0)
+            for p in range(last):
+                e = np.exp(row[p] - mx)
+                row[p] = e
+                total += e
+            inv = np.float32(1.0) / total
+            o = out[i, a]
             for j in range(hd):
-                s += q[i, a, j] * k_cache[kv, p, j]
-            s *= scale
-            row[p] = s
-            if s > mx:
-                mx = s
-        total = np.float32(0.0)
-        for p in range(last):
-            e = np.exp(row[p] - mx)
-            row[p] = e
-            total += e
-        inv = np.float32(1.0) / total
-        for j in range(hd):
-            out[i, a, j] = 0.0
-        for p in range(last):
-            wgt = row[p] * inv
-            for j in range(hd):
-                out[i, a, j] += wgt * v_cache[kv, p, j]
+                o[j] = 0.0
+            for p in range(last):
+                axpy(row[p] * inv, v_cache[kv, p], v_scale[kv, p], o, bits, vals)
+
+    return attention
+
+
+@njit(inline="always", fastmath=FASTMATH)
+def _dot_f32(x, k, _s, _b, _v):
+    acc = np.float32(0.0)
+    for j in range(x.shape[0]):
+        acc += x[j] * k[j]
+    return acc
+
+
+@njit(inline="always", fastmath=FASTMATH)
+def _axpy_f32(w, v, _s, o, _b, _v):
+    for j in range(o.shape[0]):
+        o[j] += w * v[j]
+
+
+@njit(inline="always", fastmath=FASTMATH)
+def _dot_f16(x, k, _s, _b, _v):
+    """Half-float keys through the 65536-entry table (Numba has no float16 arithmetic)."""
+    acc = np.float32(0.0)
+    for j in range(x.shape[0]):
+        acc += x[j] * F16_TABLE[k[j]]
+    return acc
+
+
+@njit(inline="always", fastmath=FASTMATH)
+def _axpy_f16(w, v, _s, o, _b, _v):
+    for j in range(o.shape[0]):
+        o[j] += w * F16_TABLE[v[j]]
+
+
+@njit(inline="always", fastmath=FASTMATH)
+def _dot_q8(x, k, s, _b, _v):
+    acc = np.float32(0.0)
+    for b in range(s.shape[0]):
+        part = np.float32(0.0)
+        for j in range(32):
+            part += x[b * 32 + j] * np.float32(k[b * 32 + j])
+        acc += part * s[b]
+    return acc
+
+
+@njit(inline="always", fastmath=FASTMATH)
+def _axpy_q8(w, v, s, o, _b, _v):
+    for b in range(s.shape[0]):
+        ws = w * s[b]
+        for j in range(32):
+            o[b * 32 + j] += ws * np.float32(v[b * 32 + j])
+
+
+attention_f32 = _make_attention(_dot_f32, _axpy_f32)
+attention_f16 = _make_attention(_dot_f16, _axpy_f16)
+attention_q8 = _make_attention(_dot_q8, _axpy_q8)
+
+
+def attention(q, k_cache, v_cache, pos0, scale, out, scores):
+    """Float32 caches (kv_heads, ctx, hd): the common case, without scale arrays."""
+    tmp = np.zeros((scores.shape[0], q.shape[2]), np.uint32)
+    attention_f32(q, k_cache, k_cache, v_cache, v_cache, pos0, scale, out, scores, tmp)
+
+
+@njit(cache=CACHE)
+def store_q8(src, pos0, dst, dst_scale):
+    """Quantize src (n, kv_heads, hd) into 8-bit blocks of 32 at positions pos0.. of
+    dst (kv_heads, ctx, hd) int8 with dst_scale (kv_heads, ctx, hd // 32) float32."""
+    n, heads, hd = src.shape
+    for i in range(n):
+        for h in range(heads):
+            for b in range(hd // 32):
+                amax = np.float32(0.0)
+                for j in range(32):
+                    amax = max(amax, abs(src[i, h, b * 32 + j]))
+                d = amax / np.float32(127.0)
+                inv = np.float32(1.0) / d if d > 0 else np.float32(0.0)
+                dst_scale[h, pos0 + i, b] = d
+                for j in range(32):
+                    dst[h, pos0 + i, b * 32 + j] = np.int8(np.rint(src[i, h, b * 32 + j] * inv))
 
 
 @njit(fastmath=FASTMATH, cache=CACHE)

@@ -16,6 +16,7 @@ from ..errors import UnsupportedError
 from ..formats.gguf import GGUFFile
 from ..kernels import ops, packed, quant
 from .config import ModelConfig
+from .kvcache import KVCache, kv_bytes
 
 
 @dataclass(frozen=True)
@@ -115,6 +116,13 @@ def load_weights(g: GGUFFile, cfg: ModelConfig, repack: bool = True) -> Weights:
     return Weights(tok, out, _vector(g, "output_norm.weight"), tuple(layers), freqs)
 
 
+def _touched(shape, dtype) -> np.ndarray:
+    """A zeroed buffer whose pages are committed now (np.zeros maps them lazily)."""
+    a = np.empty(shape, dtype)
+    a.fill(0)
+    return a
+
+
 GEMM_FLOATS = 1 << 20       # prefill decodes weights 4 MB of float32 at a time for BLAS
 GEMM_MIN_TOKENS = 16        # below this the tiled kernels win (no decode pass, no BLAS start-up)
 
@@ -122,45 +130,51 @@ GEMM_MIN_TOKENS = 16        # below this the tiled kernels win (no decode pass, 
 class RunState:
     """Every buffer the forward pass writes; shapes in the comments (B = batch rows)."""
 
-    def __init__(self, cfg: ModelConfig, n_ctx: int, n_batch: int, n_slots: int, n_threads: int):
+    def __init__(self, cfg: ModelConfig, n_ctx: int, n_batch: int, n_slots: int, n_threads: int,
+                 kv_type: str = "f32"):
         d, q, kv, ff, hd = cfg.n_embd, cfg.q_dim, cfg.kv_dim, cfg.n_ff, cfg.head_dim
         B = n_batch
         self.n_batch, self.n_ctx, self.n_slots = n_batch, n_ctx, n_slots
         f32 = np.float32
-        self.x = np.zeros((B, d), f32)          # residual stream
-        self.xn = np.zeros((B, d), f32)         # normed input of a sub-block
-        self.q = np.zeros((B, q), f32)
-        self.k = np.zeros((B, kv), f32)
-        self.v = np.zeros((B, kv), f32)
-        self.att = np.zeros((B, q), f32)        # attention output, heads concatenated
-        self.o = np.zeros((B, d), f32)          # projection output before the residual add
-        self.gate = np.zeros((B, ff), f32)
-        self.up = np.zeros((B, ff), f32)
-        self.logits = np.zeros((1, cfg.vocab_size), f32)  # last position's logits
-        self.scratch = np.zeros((n_threads, max(d, q, ff)), f32)  # one decoded weight row per thread
-        self.tile_scratch = np.zeros(packed.scratch_shape(n_threads), f32)  # tiled kernels' accumulators
+        self.x = _touched((B, d), f32)          # residual stream
+        self.xn = _touched((B, d), f32)         # normed input of a sub-block
+        self.q = _touched((B, q), f32)
+        self.k = _touched((B, kv), f32)
+        self.v = _touched((B, kv), f32)
+        self.att = _touched((B, q), f32)        # attention output, heads concatenated
+        self.o = _touched((B, d), f32)          # projection output before the residual add
+        self.gate = _touched((B, ff), f32)
+        self.up = _touched((B, ff), f32)
+        self.logits = _touched((1, cfg.vocab_size), f32)  # last position's logits
+        self.scratch = _touched((n_threads, max(d, q, ff)), f32)  # one decoded weight row per thread
+        self.tile_scratch = _touched(packed.scratch_shape(n_threads), f32)  # tiled kernels' accumulators
         # prefill: per worker thread, weight rows decoded to float32 a chunk at a time for a BLAS
         # product, and that product's output
         k_max = max(d, q, ff)
         self.gemm_rows = max(packed.TILE, GEMM_FLOATS // k_max // packed.TILE * packed.TILE)
-        self.wbuf = np.zeros((n_threads, self.gemm_rows * k_max), f32)
-        self.gemm_out = np.zeros((n_threads, B * self.gemm_rows), f32)
-        self.scores = np.zeros((n_threads, n_ctx), f32)           # attention scores per thread
-        # KV cache: (slots, layers, kv_heads, ctx, head_dim)
-        shape = (n_slots, cfg.n_layer, cfg.n_head_kv, n_ctx, hd)
-        self.k_cache = np.zeros(shape, f32)
-        self.v_cache = np.zeros(shape, f32)
+        self.wbuf = _touched((n_threads, self.gemm_rows * k_max), f32)
+        self.gemm_out = _touched((n_threads, B * self.gemm_rows), f32)
+        self.scores = _touched((n_threads, n_ctx), f32)           # attention scores per thread
+        self.half_bits = _touched((n_threads, hd), np.uint32)     # half-float KV rows widened per thread
+        self.kv = KVCache(kv_type, n_slots, cfg.n_layer, cfg.n_head_kv, n_ctx, hd)  # (slots, layers, kv, ctx, hd)
 
     @staticmethod
-    def bytes_needed(cfg: ModelConfig, n_ctx: int, n_batch: int, n_slots: int, n_threads: int) -> dict[str, int]:
+    def bytes_needed(cfg: ModelConfig, n_ctx: int, n_batch: int, n_slots: int, n_threads: int,
+                     kv_type: str = "f32") -> dict[str, int]:
         d, q, kv, ff = cfg.n_embd, cfg.q_dim, cfg.kv_dim, cfg.n_ff
         k_max = max(d, q, ff)
         gemm_rows = max(packed.TILE, GEMM_FLOATS // k_max // packed.TILE * packed.TILE)
         scratch = 4 * (n_batch * (3 * d + 2 * q + 2 * kv + 2 * ff) + cfg.vocab_size
                        + n_threads * (k_max + n_ctx) + int(np.prod(packed.scratch_shape(n_threads)))
                        + n_threads * gemm_rows * (k_max + n_batch))
-        kv_bytes = 2 * 4 * n_slots * cfg.n_layer * cfg.n_head_kv * n_ctx * cfg.head_dim
-        return {"kv": kv_bytes, "scratch": scratch}
+        kv = kv_bytes(kv_type, n_slots, cfg.n_layer, cfg.n_head_kv, n_ctx, cfg.head_dim)
+        return {"kv": kv, "scratch": scratch}
+
+    @property
+    def scratch_bytes(self) -> int:
+        bufs = [self.x, self.xn, self.q, self.k, self.v, self.att, self.o, self.gate, self.up, self.logits,
+                self.scratch, self.tile_scratch, self.wbuf, self.gemm_out, self.scores]
+        return sum(b.nbytes for b in bufs)
 
 
 class Decoder:
@@ -264,10 +278,8 @@ class Decoder:
                 ops.rmsnorm_heads(k3, lw.k_norm, eps)
             ops.rope(q3, pos0, self.cos, self.sin, cfg.rope_neox)
             ops.rope(k3, pos0, self.cos, self.sin, cfg.rope_neox)
-            kc, vc = s.k_cache[slot, li], s.v_cache[slot, li]
-            kc[:, pos0 : pos0 + n] = k3.transpose(1, 0, 2)
-            vc[:, pos0 : pos0 + n] = v3.transpose(1, 0, 2)
-            ops.attention(q3, kc, vc, pos0, self.scale, att3, s.scores)
+            s.kv.store(slot, li, k3, v3, pos0)
+            s.kv.attention(slot, li, q3, pos0, self.scale, att3, s.scores, s.half_bits)
             self._mm(lw.wo, att, o)
             ops.add_inplace(x, o)
             ops.rmsnorm(x, lw.ffn_norm, eps, xn)
