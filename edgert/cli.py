@@ -367,6 +367,8 @@ def plan(model, backend, device, ctx, kv_type, budget, threads, as_json):
                  f"  total     {p.total_bytes / MIB:9.1f} MiB of {p.budget_bytes / MIB:.0f} MiB ({p.budget_source})"
                  f": {'fits' if p.fits else 'does NOT fit'}",
                  f"  largest context that fits: {p.max_ctx}",
+                 *(["  unified memory: weights and KV cache offloaded to the GPU count against this same budget"]
+                   if p.unified_memory else []),
                  f"  decode: about {p.predicted_decode_tps:.0f} tok/s (an estimate: the memory-bandwidth bound is "
                  f"{p.roofline_decode_tps:.0f} tok/s)"]
         lines += [f"  to fit: {s}" for s in p.suggestions]

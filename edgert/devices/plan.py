@@ -47,6 +47,7 @@ class MemoryPlan:
     roofline_decode_tps: float         # memory bandwidth / bytes read per token: an upper bound
     predicted_decode_tps: float        # the roofline times edgert's measured kernel efficiency: an estimate
     device: str
+    unified_memory: bool = False       # GPU buffers (llama.cpp offload) share this same budget
     suggestions: list[str] = field(default_factory=list)
 
     @property
@@ -181,7 +182,7 @@ def plan_memory(g: GGUFFile, cfg: ModelConfig, *, backend: str = "cpu", n_ctx: i
     per_token = weights + kv_of(ctx) // 2  # every weight once, and on average half the cache
     roofline = profile.memory_bandwidth_gbps * 1e9 / per_token
     plan = MemoryPlan(backend, ctx, kv_type, weights, kv_of(ctx), scratch_of(ctx), overhead, budget_bytes, source,
-                      max_ctx, roofline, roofline * KERNEL_EFFICIENCY, profile.name)
+                      max_ctx, roofline, roofline * KERNEL_EFFICIENCY, profile.name, profile.unified_memory)
     if not plan.fits:
         plan.suggestions.extend(_suggestions(plan, g, cfg, kv_type, budget_bytes, weights, scratch_of, overhead,
                                              n_slots, kv_of))
