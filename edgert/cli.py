@@ -386,6 +386,39 @@ def devices(as_json):
     click.echo(format_devices(as_json=as_json))
 
 
+@cli.command()
+@click.argument("src")
+@click.option("--to", "targets", default="gguf", show_default=True, help="Comma-separated targets: gguf.")
+@click.option("--quant", "-q", default="q8_0", show_default=True,
+              help="f32, f16, q8_0, q4_0, q4_1, q5_0, q5_1, q4_k, q6_k, q4_k_m, or generic q4, q8.")
+@click.option("--out", "-o", required=True, help="Output folder (one subfolder per target).")
+@click.option("--force", is_flag=True, help="Replace OUT if it exists.")
+@click.option("--json", "as_json", is_flag=True, help="Print the result rows as JSON.")
+def convert(src, targets, quant, out, force, as_json):
+    """Convert SRC (a .gguf file, a Hugging Face checkpoint folder or a catalogue name) and check
+    every artifact against it; parity.json lands beside each artifact."""
+    from rich.console import Console
+    from rich.progress import Progress
+    from rich.table import Table
+
+    from .converters.convert import convert as _convert
+    from .store import resolve
+
+    source = resolve(src, progress=True)
+    with Progress(console=Console(stderr=True), transient=True) as bar:
+        task = bar.add_task("converting", total=None)
+        rows = _convert(source, [t.strip() for t in targets.split(",") if t.strip()], quant, out, force=force,
+                        progress=lambda msg: bar.update(task, description=msg))
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+        return
+    t = Table("artifact", "size", "quant", "seconds", "top-1 vs source", "max |diff|")
+    for r in rows:
+        t.add_row(r["artifact"], f"{r['bytes'] / 1e6:.1f} MB", r["quant"], f"{r['seconds']:.1f}", f"{r['top1']:.1%}",
+                  f"{r['max_abs_diff']:.3f}")
+    Console().print(t)
+
+
 @functools.wraps(cli)
 def main(*args, **kwargs):
     return cli(*args, **kwargs)

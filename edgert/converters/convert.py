@@ -1,0 +1,149 @@
+"""`edgert convert`: a source (GGUF file or Hugging Face folder) -> artifacts, each checked against
+the source on fixed prompts before it is kept.
+
+Output goes to a staging folder beside OUT and is renamed into place only when every target
+passed its parity floor; an existing OUT is replaced only with `force`; the source is only read.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import EdgertError
+from .spec import ModelSpec, load_spec
+
+log = logging.getLogger(__name__)
+
+TARGETS = ("gguf",)
+PROMPTS = (  # English prose, code and science: about 170 teacher-forced positions in all
+    "The history of the Roman Empire spans many centuries. It began when Augustus became the first emperor in "
+    "27 BC, and in the west it ended in 476 AD when the last emperor was deposed. During this time the empire "
+    "built roads, aqueducts and cities.",
+    "def fibonacci(n):\n    \"\"\"Return the n-th Fibonacci number.\"\"\"\n    a, b = 0, 1\n    for _ in range(n):\n"
+    "        a, b = b, a + b\n    return a\n\nfor i in range(10):\n    print(i, fibonacci(i))\n",
+    "Water boils at 100 degrees Celsius at sea level. At higher altitudes the air pressure is lower, so water "
+    "boils at a lower temperature, which is why cooking pasta in the mountains takes longer.",
+    "Photosynthesis is the process by which green plants use sunlight, water and carbon dioxide to make glucose "
+    "and oxygen. It takes place mainly in the leaves, inside small structures called chloroplasts.",
+)
+POSITIONS_PER_PROMPT = 48
+# Floors of teacher-forced top-1 agreement with the source, by the precision of the weights
+FLOORS = {"f32": 0.97, "f16": 0.97, "q8_0": 0.95, "q5_0": 0.85, "q5_1": 0.85, "q6_k": 0.95, "q4_0": 0.85,
+          "q4_1": 0.85, "q4_k": 0.85, "q4_k_m": 0.85}
+
+
+def _prompt_ids(tokenizer, n_vocab: int) -> list[list[int]]:
+    out = []
+    for text in PROMPTS:
+        ids = [i for i in tokenizer.encode(text, add_special=False) if i < n_vocab][:POSITIONS_PER_PROMPT]
+        if tokenizer.add_bos and tokenizer.bos_id is not None:
+            ids = [tokenizer.bos_id] + ids[: POSITIONS_PER_PROMPT - 1]
+        out.append(ids)
+    return out
+
+
+def source_logits(spec: ModelSpec, ids: list[int]) -> np.ndarray:
+    if spec.kind == "hf":
+        from .reference import hf_logits
+
+        return hf_logits(spec, ids)
+    import edgert
+
+    return edgert.load(str(spec.source), backend="cpu", n_ctx=max(64, len(ids) + 1)).logits(ids)
+
+
+def gguf_parity(spec: ModelSpec, artifact: Path, quant: str) -> dict:
+    """Teacher-forced top-1 agreement and largest |logit difference|, artifact against source,
+    and the same file in llama.cpp against edgert where llama-cpp-python is installed."""
+    import edgert
+
+    m = edgert.load(str(artifact), backend="cpu", n_ctx=POSITIONS_PER_PROMPT * 2)
+    agree = total = 0
+    worst = 0.0
+    llama_agree = 0
+    llama = _llama(artifact)
+    for ids in _prompt_ids(m.tokenizer, spec.config.vocab_size):
+        ref = source_logits(spec, ids)
+        got = m.logits(ids)
+        agree += int((ref.argmax(1) == got.argmax(1)).sum())
+        total += len(ids)
+        worst = max(worst, float(np.abs(ref - got).max()))
+        if llama is not None:
+            llama.reset()
+            llama.eval(ids)
+            lc = np.asarray(llama.scores[: len(ids)], dtype=np.float32)
+            llama_agree += int((lc.argmax(1) == got.argmax(1)).sum())
+    floor = FLOORS[quant]
+    result = {
+        "target": "gguf", "quant": quant, "source": str(spec.source), "positions": total,
+        "top1_agreement": agree / total, "max_abs_diff": worst, "floor": floor, "passed": agree / total >= floor,
+        "checks": ["edgert cpu backend on the artifact against the source "
+                   + ("(float32 NumPy forward over the checkpoint)" if spec.kind == "hf" else "(edgert on the GGUF)")],
+    }
+    if llama is not None:
+        result["llama_cpp_top1_vs_edgert"] = llama_agree / total
+        result["checks"].append("llama.cpp loads the artifact; its top-1 against edgert's on the same positions")
+    return result
+
+
+def _llama(path: Path):
+    try:
+        import llama_cpp
+    except ImportError:
+        return None
+    return llama_cpp.Llama(model_path=str(path), n_ctx=POSITIONS_PER_PROMPT * 2, n_batch=POSITIONS_PER_PROMPT * 2,
+                           logits_all=True, verbose=False)
+
+
+def convert(src: str | Path, targets: list[str], quant: str, out: str | Path, force: bool = False,
+            progress: Callable[[str], None] | None = None) -> list[dict]:
+    from .gguf_out import gguf_quant, write_gguf
+
+    src, out = Path(src).resolve(), Path(out).resolve()
+    bad = [t for t in targets if t not in TARGETS]
+    if bad:
+        raise EdgertError(f"unknown target {', '.join(bad)}; edgert converts to {', '.join(TARGETS)} so far.")
+    if out == src or src.is_relative_to(out) or out.is_relative_to(src):
+        raise EdgertError(f"the output {out} overlaps the source {src}; write somewhere else.")
+    if out.exists() and not force:
+        raise EdgertError(f"{out} exists; pass --force to replace it, or pick another -o.")
+    quants = {"gguf": gguf_quant(quant)} if "gguf" in targets else {}
+    spec = load_spec(src)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    stage = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
+    rows = []
+    try:
+        for target in targets:
+            t0 = time.perf_counter()
+            folder = stage / target
+            folder.mkdir()
+            stem = (spec.config.name or src.stem).replace("/", "_").replace(" ", "_")
+            artifact = folder / f"{stem}.{quants[target].upper()}.gguf"
+            types = write_gguf(spec, artifact, quants[target], progress)
+            parity = gguf_parity(spec, artifact, quants[target])
+            parity["tensor_types"] = types
+            (folder / "parity.json").write_text(json.dumps(parity, indent=2))
+            if not parity["passed"]:
+                raise EdgertError(f"the {target} {quants[target]} artifact agrees with the source on "
+                                  f"{parity['top1_agreement']:.1%} of positions, below its floor of "
+                                  f"{parity['floor']:.0%}; nothing was kept.")
+            rows.append({"target": target, "artifact": str(out / target / artifact.name),
+                         "bytes": artifact.stat().st_size, "quant": quants[target],
+                         "seconds": time.perf_counter() - t0, "top1": parity["top1_agreement"],
+                         "max_abs_diff": parity["max_abs_diff"]})
+        if out.exists():
+            shutil.rmtree(out) if out.is_dir() else out.unlink()
+        os.replace(stage, out)
+    finally:
+        if stage.exists():
+            shutil.rmtree(stage, ignore_errors=True)
+    return rows
