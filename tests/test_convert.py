@@ -1,0 +1,120 @@
+"""`edgert convert`: tiny random checkpoints and the default model to GGUF, checked against the
+source; bad requests end in one sentence."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+import edgert
+from edgert.cli import cli
+from edgert.converters.convert import convert
+from edgert.converters.reference import hf_logits
+from edgert.converters.spec import load_spec
+from edgert.errors import EdgertError
+
+import hf_synth
+
+
+@pytest.mark.parametrize("arch", ["llama", "qwen2", "qwen3", "mistral"])
+@pytest.mark.parametrize("quant", ["f32", "q8_0", "q4_k_m"])
+def test_checkpoint_converts_with_parity(tmp_path, arch, quant):
+    src = hf_synth.write_checkpoint(tmp_path / "ckpt", arch, tied=arch != "qwen2")
+    rows = convert(src, ["gguf"], quant, tmp_path / "out")
+    (row,) = rows
+    parity = json.loads((tmp_path / "out" / "gguf" / "parity.json").read_text())
+    assert parity["passed"] and parity["positions"] >= 64
+    if quant == "f32":  # same float32 arithmetic, other summation order
+        assert parity["top1_agreement"] == 1.0 and parity["max_abs_diff"] < 1e-3
+    if "llama_cpp_top1_vs_edgert" in parity:
+        assert parity["llama_cpp_top1_vs_edgert"] >= 0.9
+    m = edgert.load(row["artifact"])
+    assert m.config.arch == ("llama" if arch == "mistral" else arch)
+    assert "<|im_start|>assistant" in m.apply_chat_template([{"role": "user", "content": "hi"}])
+
+
+def test_llama_permutation_matches_llama_cpp(tmp_path):
+    """The Q/K row permutation is checked by an oracle that shares none of edgert's code."""
+    llama_cpp = pytest.importorskip("llama_cpp")
+    src = hf_synth.write_checkpoint(tmp_path / "ckpt", "llama")
+    (row,) = convert(src, ["gguf"], "f32", tmp_path / "out")
+    ids = [5, 77, 200, 13, 13, 250, 9, 101, 42, 60]
+    ll = llama_cpp.Llama(model_path=row["artifact"], n_ctx=32, logits_all=True, verbose=False, n_threads=1)
+    ll.eval(ids)
+    ref = hf_logits(load_spec(src), ids)
+    got = np.asarray(ll.scores[: len(ids)], dtype=np.float32)
+    assert (got.argmax(1) == ref.argmax(1)).mean() >= 0.9
+    assert np.abs(got - ref).max() < 0.05 * np.abs(ref).max()
+
+
+def test_tokenizer_ids_match_the_checkpoint(tmp_path):
+    from tokenizers import Tokenizer
+
+    src = hf_synth.write_checkpoint(tmp_path / "ckpt", "qwen2")
+    (row,) = convert(src, ["gguf"], "f16", tmp_path / "out")
+    hf = Tokenizer.from_file(str(src / "tokenizer.json"))
+    m = edgert.load(row["artifact"])
+    for text in ["hello world", "the theater", "<|im_start|>user\nhi<|im_end|>", "äöü 日本"]:
+        assert m.tokenize(text, add_special=False) == hf.encode(text).ids
+
+
+@pytest.mark.model
+@pytest.mark.slow
+def test_default_model_requantizes(default_model_path, tmp_path):
+    rows = convert(default_model_path, ["gguf"], "q8", tmp_path / "out")
+    parity = json.loads((tmp_path / "out" / "gguf" / "parity.json").read_text())
+    assert rows[0]["quant"] == "q8_0" and parity["top1_agreement"] >= 0.95
+    assert parity.get("llama_cpp_top1_vs_edgert", 1.0) >= 0.95
+
+
+def test_output_is_atomic_and_never_overwritten(tmp_path):
+    src = hf_synth.write_checkpoint(tmp_path / "ckpt", "llama", n_layer=1)
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "keep.txt").write_text("mine")
+    with pytest.raises(EdgertError, match="exists; pass --force"):
+        convert(src, ["gguf"], "q8_0", out)
+    assert (out / "keep.txt").read_text() == "mine"
+    before = {p.name: p.stat().st_mtime_ns for p in src.iterdir()}
+    convert(src, ["gguf"], "q8_0", out, force=True)
+    assert not (out / "keep.txt").exists() and (out / "gguf" / "parity.json").exists()
+    assert {p.name: p.stat().st_mtime_ns for p in src.iterdir()} == before  # the source is only read
+    assert not [p for p in tmp_path.iterdir() if ".partial-" in p.name]
+
+
+def test_failed_parity_keeps_nothing(tmp_path, monkeypatch):
+    from edgert.converters import convert as mod
+
+    src = hf_synth.write_checkpoint(tmp_path / "ckpt", "llama", n_layer=1)
+    monkeypatch.setitem(mod.FLOORS, "q4_0", 1.01)  # no artifact can reach it
+    with pytest.raises(EdgertError, match="below its floor .* nothing was kept"):
+        convert(src, ["gguf"], "q4_0", tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+    assert not [p for p in tmp_path.iterdir() if ".partial-" in p.name]
+
+
+@pytest.mark.parametrize("args,words", [
+    (["--to", "tflite"], "unknown target tflite"),
+    (["-q", "q3_k"], "unknown GGUF quant 'q3_k'"),
+])
+def test_bad_requests(tmp_path, args, words):
+    src = hf_synth.write_checkpoint(tmp_path / "ckpt", "llama", n_layer=1)
+    r = CliRunner().invoke(cli, ["convert", str(src), "-o", str(tmp_path / "o"), *args])
+    assert r.exit_code == 1 and words in r.output and "Traceback" not in r.output
+
+
+def test_unsupported_architecture_and_missing_files(tmp_path):
+    src = hf_synth.write_checkpoint(tmp_path / "ckpt", "llama", n_layer=1)
+    conf = json.loads((src / "config.json").read_text())
+    conf["architectures"] = ["GPTNeoXForCausalLM"]
+    (src / "config.json").write_text(json.dumps(conf))
+    with pytest.raises(EdgertError, match="GPTNeoXForCausalLM checkpoint; edgert converts LlamaForCausalLM"):
+        load_spec(src)
+    (src / "config.json").unlink()
+    with pytest.raises(EdgertError, match="no config.json"):
+        load_spec(src)
+    with pytest.raises(EdgertError, match="does not exist"):
+        load_spec(tmp_path / "nothing")
