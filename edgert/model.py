@@ -144,6 +144,10 @@ def load(name_or_path: str | Path | None = None, backend: str = "auto", device: 
 
     t0 = time.perf_counter()
     path = resolve(None if name_or_path is None else str(name_or_path), progress=progress)
+    from .devices.onnxrt import is_onnx_folder
+
+    if is_onnx_folder(path):
+        return _load_onnx(path, backend, device, n_ctx, budget, threads, t0)
     if path.is_dir() or path.suffix.lower() != ".gguf":
         raise EdgertError(f"{path} is not a .gguf file; edgert runs GGUF models (other formats come with convert).")
     g = read_gguf(path)
@@ -163,5 +167,25 @@ def load(name_or_path: str | Path | None = None, backend: str = "auto", device: 
     options = {"kv_type": kv_type} if be.NAME == "cpu" else {}
     session = be.load(g, plan.n_ctx, threads=threads, **options)
     model = Model(path, session, tok, cfg, be.NAME, time.perf_counter() - t0)
+    model.plan = plan
+    return model
+
+
+def _load_onnx(path: Path, backend: str, device, n_ctx, budget, threads, t0: float) -> Model:
+    """An ONNX folder from `edgert convert`: the onnxruntime backend, the same generation layer."""
+    from .devices import get_backend
+    from .devices.onnxrt import OrtSession, read_folder
+    from .devices.plan import plan_folder
+    from .tokenizer import Tokenizer
+
+    if backend not in ("auto", "onnxruntime"):
+        raise EdgertError(f"{path} is an ONNX model; run it with --backend onnxruntime (or auto), not {backend}.")
+    get_backend("onnxruntime")
+    cfg, meta = read_folder(path)
+    plan = plan_folder(path, cfg, n_ctx=n_ctx, budget=budget, device=device)
+    if not plan.fits:
+        raise EdgertError(plan.refusal())
+    session = OrtSession(path, cfg, plan.n_ctx, threads=threads)
+    model = Model(path, session, Tokenizer.from_gguf_meta(meta), cfg, "onnxruntime", time.perf_counter() - t0)
     model.plan = plan
     return model

@@ -61,13 +61,50 @@ def test_tokenizer_ids_match_the_checkpoint(tmp_path):
         assert m.tokenize(text, add_special=False) == hf.encode(text).ids
 
 
+@pytest.mark.parametrize("arch", ["llama", "qwen2", "qwen3"])
+@pytest.mark.parametrize("quant", ["fp32", "fp16", "int8", "int4"])
+def test_checkpoint_converts_to_onnx(tmp_path, arch, quant):
+    pytest.importorskip("onnxruntime")
+    src = hf_synth.write_checkpoint(tmp_path / "ckpt", arch, tied=arch != "qwen2")
+    (row,) = convert(src, ["onnx"], quant, tmp_path / "out")
+    folder = tmp_path / "out" / "onnx"
+    parity = json.loads((folder / "parity.json").read_text())
+    assert parity["passed"] and parity["positions"] >= 64
+    if quant == "fp32":
+        assert parity["top1_agreement"] == 1.0 and parity["max_abs_diff"] < 1e-3
+    assert {"model.onnx", "model.onnx.data", "genai_config.json", "tokenizer.json", "edgert.json"} <= {
+        p.name for p in folder.iterdir()}
+    if quant in ("int4", "int8"):
+        assert parity["graph"]["MatMulNBits"] > 0
+    if "onnxruntime_genai_greedy_match" in parity:
+        assert parity["onnxruntime_genai_greedy_match"]
+    m = edgert.load(row["artifact"])  # the onnxruntime backend, edgert's generation layer
+    assert m.backend == "onnxruntime"
+    r = CliRunner().invoke(cli, ["run", row["artifact"], "hello", "-n", "4", "--temp", "0", "--json", "--ignore-eos"])
+    assert r.exit_code == 0 and json.loads(r.stdout)["tokens"] == 4
+
+
+def test_onnx_backend_prefix_reuse(tmp_path):
+    pytest.importorskip("onnxruntime")
+    src = hf_synth.write_checkpoint(tmp_path / "ckpt", "qwen3")
+    (row,) = convert(src, ["onnx"], "fp32", tmp_path / "out")
+    m = edgert.load(row["artifact"])
+    cold = m.generate("the quick brown fox", temp=0, max_tokens=8, ignore_eos=True).text
+    m.generate("the quick", temp=0, max_tokens=2, ignore_eos=True)
+    assert m.generate("the quick brown fox", temp=0, max_tokens=8, ignore_eos=True).text == cold
+
+
 @pytest.mark.model
 @pytest.mark.slow
-def test_default_model_requantizes(default_model_path, tmp_path):
-    rows = convert(default_model_path, ["gguf"], "q8", tmp_path / "out")
-    parity = json.loads((tmp_path / "out" / "gguf" / "parity.json").read_text())
-    assert rows[0]["quant"] == "q8_0" and parity["top1_agreement"] >= 0.95
-    assert parity.get("llama_cpp_top1_vs_edgert", 1.0) >= 0.95
+def test_default_model_to_gguf_and_onnx(default_model_path, tmp_path):
+    rows = convert(default_model_path, ["gguf", "onnx"], "q8", tmp_path / "q8")
+    gguf_parity = json.loads((tmp_path / "q8" / "gguf" / "parity.json").read_text())
+    assert rows[0]["quant"] == "q8_0" and gguf_parity["top1_agreement"] >= 0.95
+    assert gguf_parity.get("llama_cpp_top1_vs_edgert", 1.0) >= 0.95
+    (row,) = convert(default_model_path, ["onnx"], "int4", tmp_path / "int4")
+    parity = json.loads((tmp_path / "int4" / "onnx" / "parity.json").read_text())
+    assert parity["top1_agreement"] >= 0.85
+    assert parity.get("onnxruntime_genai_greedy_match", True)
 
 
 def test_output_is_atomic_and_never_overwritten(tmp_path):
@@ -98,6 +135,7 @@ def test_failed_parity_keeps_nothing(tmp_path, monkeypatch):
 
 @pytest.mark.parametrize("args,words", [
     (["--to", "tflite"], "unknown target tflite"),
+    (["--to", "onnx", "-q", "int3"], "unknown ONNX quant 'int3'"),
     (["-q", "q3_k"], "unknown GGUF quant 'q3_k'"),
 ])
 def test_bad_requests(tmp_path, args, words):

@@ -23,7 +23,7 @@ from .spec import ModelSpec, load_spec
 
 log = logging.getLogger(__name__)
 
-TARGETS = ("gguf",)
+TARGETS = ("gguf", "onnx")
 PROMPTS = (  # English prose, code and science: about 170 teacher-forced positions in all
     "The history of the Roman Empire spans many centuries. It began when Augustus became the first emperor in "
     "27 BC, and in the west it ended in 476 AD when the last emperor was deposed. During this time the empire "
@@ -38,7 +38,7 @@ PROMPTS = (  # English prose, code and science: about 170 teacher-forced positio
 POSITIONS_PER_PROMPT = 48
 # Floors of teacher-forced top-1 agreement with the source, by the precision of the weights
 FLOORS = {"f32": 0.97, "f16": 0.97, "q8_0": 0.95, "q5_0": 0.85, "q5_1": 0.85, "q6_k": 0.95, "q4_0": 0.85,
-          "q4_1": 0.85, "q4_k": 0.85, "q4_k_m": 0.85}
+          "q4_1": 0.85, "q4_k": 0.85, "q4_k_m": 0.85, "fp32": 0.97, "fp16": 0.97, "int8": 0.95, "int4": 0.85}
 
 
 def _prompt_ids(tokenizer, n_vocab: int) -> list[list[int]]:
@@ -61,16 +61,17 @@ def source_logits(spec: ModelSpec, ids: list[int]) -> np.ndarray:
     return edgert.load(str(spec.source), backend="cpu", n_ctx=max(64, len(ids) + 1)).logits(ids)
 
 
-def gguf_parity(spec: ModelSpec, artifact: Path, quant: str) -> dict:
-    """Teacher-forced top-1 agreement and largest |logit difference|, artifact against source,
-    and the same file in llama.cpp against edgert where llama-cpp-python is installed."""
+def parity(spec: ModelSpec, target: str, artifact: Path, quant: str) -> dict:
+    """Teacher-forced top-1 agreement and largest |logit difference|, artifact against source, plus
+    the target's own runtime check: llama.cpp on a GGUF, onnxruntime-genai on an ONNX folder."""
     import edgert
 
-    m = edgert.load(str(artifact), backend="cpu", n_ctx=POSITIONS_PER_PROMPT * 2)
+    m = edgert.load(str(artifact), backend="cpu" if target == "gguf" else "onnxruntime",
+                    n_ctx=POSITIONS_PER_PROMPT * 2)
     agree = total = 0
     worst = 0.0
     llama_agree = 0
-    llama = _llama(artifact)
+    llama = _llama(artifact) if target == "gguf" else None
     for ids in _prompt_ids(m.tokenizer, spec.config.vocab_size):
         ref = source_logits(spec, ids)
         got = m.logits(ids)
@@ -83,16 +84,42 @@ def gguf_parity(spec: ModelSpec, artifact: Path, quant: str) -> dict:
             lc = np.asarray(llama.scores[: len(ids)], dtype=np.float32)
             llama_agree += int((lc.argmax(1) == got.argmax(1)).sum())
     floor = FLOORS[quant]
+    runner = "edgert's cpu backend" if target == "gguf" else "onnxruntime (edgert's onnxruntime backend)"
+    source = "a float32 NumPy forward over the checkpoint" if spec.kind == "hf" else "edgert on the source GGUF"
     result = {
-        "target": "gguf", "quant": quant, "source": str(spec.source), "positions": total,
+        "target": target, "quant": quant, "source": str(spec.source), "positions": total,
         "top1_agreement": agree / total, "max_abs_diff": worst, "floor": floor, "passed": agree / total >= floor,
-        "checks": ["edgert cpu backend on the artifact against the source "
-                   + ("(float32 NumPy forward over the checkpoint)" if spec.kind == "hf" else "(edgert on the GGUF)")],
+        "checks": [f"{runner} on the artifact against {source}, teacher-forced"],
     }
     if llama is not None:
         result["llama_cpp_top1_vs_edgert"] = llama_agree / total
         result["checks"].append("llama.cpp loads the artifact; its top-1 against edgert's on the same positions")
+    if target == "onnx":
+        genai = _genai_greedy(artifact, m)
+        if genai is not None:
+            result["onnxruntime_genai_greedy_match"] = genai
+            result["checks"].append("onnxruntime-genai generates greedy tokens from the folder; compared with "
+                                    "edgert's onnxruntime backend on the same prompt")
     return result
+
+
+def _genai_greedy(folder: Path, model, n: int = 16) -> bool | None:
+    try:
+        import onnxruntime_genai as og
+    except ImportError:
+        return None
+    ids = model.tokenize(PROMPTS[0], add_special=True)[:24]
+    gm = og.Model(str(folder))
+    params = og.GeneratorParams(gm)
+    params.set_search_options(max_length=len(ids) + n, do_sample=False)
+    gen = og.Generator(gm, params)
+    gen.append_tokens(np.asarray(ids, dtype=np.int32))
+    theirs = []
+    while not gen.is_done() and len(theirs) < n:
+        gen.generate_next_token()
+        theirs.append(int(gen.get_next_tokens()[0]))
+    ours = [r.token for r in model.stream(ids, temp=0, max_tokens=len(theirs), ignore_eos=True) if r.token is not None]
+    return ours == theirs
 
 
 def _llama(path: Path):
@@ -107,6 +134,7 @@ def _llama(path: Path):
 def convert(src: str | Path, targets: list[str], quant: str, out: str | Path, force: bool = False,
             progress: Callable[[str], None] | None = None) -> list[dict]:
     from .gguf_out import gguf_quant, write_gguf
+    from .onnx_out import onnx_quant, write_onnx
 
     src, out = Path(src).resolve(), Path(out).resolve()
     bad = [t for t in targets if t not in TARGETS]
@@ -116,7 +144,7 @@ def convert(src: str | Path, targets: list[str], quant: str, out: str | Path, fo
         raise EdgertError(f"the output {out} overlaps the source {src}; write somewhere else.")
     if out.exists() and not force:
         raise EdgertError(f"{out} exists; pass --force to replace it, or pick another -o.")
-    quants = {"gguf": gguf_quant(quant)} if "gguf" in targets else {}
+    quants = {t: (gguf_quant if t == "gguf" else onnx_quant)(quant) for t in targets}
     spec = load_spec(src)
     out.parent.mkdir(parents=True, exist_ok=True)
     stage = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
@@ -126,20 +154,28 @@ def convert(src: str | Path, targets: list[str], quant: str, out: str | Path, fo
             t0 = time.perf_counter()
             folder = stage / target
             folder.mkdir()
-            stem = (spec.config.name or src.stem).replace("/", "_").replace(" ", "_")
-            artifact = folder / f"{stem}.{quants[target].upper()}.gguf"
-            types = write_gguf(spec, artifact, quants[target], progress)
-            parity = gguf_parity(spec, artifact, quants[target])
-            parity["tensor_types"] = types
-            (folder / "parity.json").write_text(json.dumps(parity, indent=2))
-            if not parity["passed"]:
+            if target == "gguf":
+                stem = (spec.config.name or src.stem).replace("/", "_").replace(" ", "_")
+                artifact = folder / f"{stem}.{quants[target].upper()}.gguf"
+                detail = {"tensor_types": write_gguf(spec, artifact, quants[target], progress)}
+            else:
+                if progress:
+                    progress(f"onnx {quants[target]}: building the graph")
+                artifact = folder
+                detail = {"graph": write_onnx(spec, folder, quants[target])}
+            if progress:
+                progress(f"{target}: parity against the source")
+            result = {**parity(spec, target, artifact, quants[target]), **detail}
+            (folder / "parity.json").write_text(json.dumps(result, indent=2))
+            parity_ok, top1, diff = result["passed"], result["top1_agreement"], result["max_abs_diff"]
+            if not parity_ok:
                 raise EdgertError(f"the {target} {quants[target]} artifact agrees with the source on "
-                                  f"{parity['top1_agreement']:.1%} of positions, below its floor of "
-                                  f"{parity['floor']:.0%}; nothing was kept.")
-            rows.append({"target": target, "artifact": str(out / target / artifact.name),
-                         "bytes": artifact.stat().st_size, "quant": quants[target],
-                         "seconds": time.perf_counter() - t0, "top1": parity["top1_agreement"],
-                         "max_abs_diff": parity["max_abs_diff"]})
+                                  f"{top1:.1%} of positions, below its floor of {result['floor']:.0%}; nothing "
+                                  "was kept.")
+            size = sum(p.stat().st_size for p in folder.iterdir())
+            where = out / target / (artifact.name if target == "gguf" else "")
+            rows.append({"target": target, "artifact": str(where), "bytes": size, "quant": quants[target],
+                         "seconds": time.perf_counter() - t0, "top1": top1, "max_abs_diff": diff})
         if out.exists():
             shutil.rmtree(out) if out.is_dir() else out.unlink()
         os.replace(stage, out)

@@ -12,6 +12,7 @@ halves (as transformers does), so llama.cpp-ordered Q/K rows from a GGUF source 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 from pathlib import Path
@@ -39,18 +40,27 @@ def _unpermute(w: np.ndarray, n_head: int) -> np.ndarray:
     return w.reshape(n_head, w.shape[0] // n_head // 2, 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
 
 
-def _nbits(w: np.ndarray, bits: int) -> tuple[np.ndarray, np.ndarray]:
-    """W (N, K) -> MatMulNBits B (N, K/32, 32*bits/8) uint8 and scales (N * K/32,), symmetric
-    codes around the default zero point 2**(bits-1)."""
+def _nbits(w: np.ndarray, bits: int) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """W (N, K) -> MatMulNBits B (N, K/32, 32*bits/8) uint8, scales (N * K/32,) and zero points.
+
+    4-bit: each block's min..max in 16 steps with a float zero point, value = scale * (code - zp);
+    a Q4_1 (or Q4_K) block whose codes span 0..15 comes through exactly. 8-bit: symmetric around
+    the default zero point 128 (onnxruntime's CPU kernel takes no float zero point at 8 bits)."""
     n, k = w.shape
-    blocks = w.reshape(n, k // BLOCK, BLOCK)
-    zero = 1 << (bits - 1)
-    scale = np.abs(blocks).max(axis=-1) / (zero - 1)
+    blocks = w.reshape(n, k // BLOCK, BLOCK).astype(np.float32)
+    if bits == 8:
+        scale = np.abs(blocks).max(axis=-1) / 127
+        scale[scale == 0] = 1.0
+        q = (np.clip(np.rint(blocks / scale[..., None]), -127, 127) + 128).astype(np.uint8)
+        return np.ascontiguousarray(q), scale.reshape(-1), None
+    top = (1 << bits) - 1
+    lo, hi = blocks.min(axis=-1), blocks.max(axis=-1)
+    scale = (hi - lo) / top
     scale[scale == 0] = 1.0
-    q = np.clip(np.rint(blocks / scale[..., None]) + zero, 0, 2 * zero - 1).astype(np.uint8)
+    q = np.clip(np.rint((blocks - lo[..., None]) / scale[..., None]), 0, top).astype(np.uint8)
     if bits == 4:
         q = q[..., 0::2] | (q[..., 1::2] << 4)
-    return np.ascontiguousarray(q), scale.astype(np.float32).reshape(-1)
+    return np.ascontiguousarray(q), scale.reshape(-1), (-lo / scale).astype(np.float32).reshape(-1)
 
 
 class _Graph:
@@ -87,14 +97,16 @@ class _Graph:
             return self.op("Cast", [self.init(name, w.astype(np.float16))], to=1), {}
         raise AssertionError("linear weights go through linear()")
 
-    def linear(self, x: str, name: str, w: np.ndarray, bias: np.ndarray | None = None) -> str:
-        """x @ W.T for W (out, in) as the checkpoint stores it."""
+    def linear(self, x: str, name: str, w: np.ndarray, bias: np.ndarray | None = None, bits: int | None = None) -> str:
+        """x @ W.T for W (out, in) as the checkpoint stores it; `bits` overrides the recipe's width."""
         n, k = w.shape
         if self.quant in ("int4", "int8") and k % BLOCK == 0:
-            bits = 4 if self.quant == "int4" else 8
-            b, s = _nbits(w, bits)
-            y = self.op("MatMulNBits", [x, self.init(name + ".qweight", b), self.init(name + ".scales", s)],
-                        domain="com.microsoft", K=k, N=n, bits=bits, block_size=BLOCK)
+            bits = bits or (4 if self.quant == "int4" else 8)
+            b, s, z = _nbits(w, bits)
+            ins = [x, self.init(name + ".qweight", b), self.init(name + ".scales", s)]
+            if z is not None:
+                ins.append(self.init(name + ".zero_points", z))
+            y = self.op("MatMulNBits", ins, domain="com.microsoft", K=k, N=n, bits=bits, block_size=BLOCK)
         else:
             wt = w.T.astype(np.float16 if self.quant == "fp16" else np.float32)
             src = self.init(name + ".weight_t", wt)
@@ -130,9 +142,10 @@ def build_model(spec: ModelSpec, quant: str, max_ctx: int | None = None):
         return w
 
     emb = W("token_embd.weight")
-    x = g.op("Gather", [g.init("embed_tokens", emb.astype(np.float16 if quant == "fp16" else np.float32)),
+    # the embedding table: float16 unless fp32 was asked for (it is only gathered, a row at a time)
+    x = g.op("Gather", [g.init("embed_tokens", emb.astype(np.float32 if quant == "fp32" else np.float16)),
                         "input_ids"])
-    if quant == "fp16":
+    if quant != "fp32":
         x = g.op("Cast", [x], to=1)
     # RoPE tables, gathered by position: cos/sin [b, 1, s, hd]
     inv = cfg.rope_base ** (-np.arange(0, hd, 2, dtype=np.float64) / hd)
@@ -199,7 +212,7 @@ def build_model(spec: ModelSpec, quant: str, max_ctx: int | None = None):
         x = g.op("Add", [x, g.linear(act, f"layers.{i}.down_proj", W(p + "ffn_down.weight"))])
     x = g.rmsnorm(x, W("output_norm.weight"), eps, "final_norm")
     head = emb if cfg.tied_embeddings else W("output.weight")
-    g.linear(x, "lm_head", head)
+    g.linear(x, "lm_head", head, bits=8)  # the output head stays 8-bit, as Q4_K_M keeps it at 6
     g.nodes[-1].output[0] = "logits"
 
     f32, i64 = TensorProto.FLOAT, TensorProto.INT64
@@ -225,7 +238,8 @@ def write_onnx(spec: ModelSpec, folder: Path, quant: str) -> dict:
     onnx.save_model(model, str(folder / "model.onnx"), save_as_external_data=True, all_tensors_to_one_file=True,
                     location="model.onnx.data", size_threshold=1024)
     _genai_config(spec, folder)
-    _tokenizer_files(spec, folder)
+    meta = _tokenizer_files(spec, folder)
+    (folder / "edgert.json").write_text(json.dumps({"config": dataclasses.asdict(spec.config), "tokenizer": meta}))
     return {"nodes": len(model.graph.node), "MatMulNBits": sum(n.op_type == "MatMulNBits" for n in model.graph.node)}
 
 
@@ -257,24 +271,27 @@ def _genai_config(spec: ModelSpec, folder: Path) -> None:
     (folder / "genai_config.json").write_text(json.dumps(conf, indent=2))
 
 
-def _tokenizer_files(spec: ModelSpec, folder: Path) -> None:
+def _tokenizer_files(spec: ModelSpec, folder: Path) -> dict:
     """tokenizer.json and tokenizer_config.json: copied from a checkpoint, or written from the
-    GGUF vocabulary (edgert's tokenizers.Tokenizer, which reproduces llama.cpp's)."""
-    if spec.kind == "hf":
-        for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
-            if (spec.source / name).exists():
-                shutil.copy(spec.source / name, folder / name)
-        return
+    GGUF vocabulary (edgert's tokenizers.Tokenizer, which reproduces llama.cpp's). Returns the
+    vocabulary as GGUF metadata, for edgert's own tokenizer (edgert.json)."""
     from ..tokenizer import Tokenizer
 
     tok = spec.tokenizer
     meta = {"tokenizer.ggml.model": tok.model, "tokenizer.ggml.pre": tok.pre, "tokenizer.ggml.tokens": tok.tokens,
             "tokenizer.ggml.token_type": tok.token_types, "tokenizer.ggml.merges": tok.merges,
             "tokenizer.ggml.scores": tok.scores, "tokenizer.ggml.bos_token_id": tok.bos_id,
-            "tokenizer.ggml.eos_token_id": tok.eos_id, "tokenizer.ggml.add_bos_token": tok.add_bos}
+            "tokenizer.ggml.eos_token_id": tok.eos_id, "tokenizer.ggml.add_bos_token": tok.add_bos,
+            "tokenizer.chat_template": tok.chat_template, **tok.extra}
+    if spec.kind == "hf":
+        for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
+            if (spec.source / name).exists():
+                shutil.copy(spec.source / name, folder / name)
+        return meta
     Tokenizer.from_gguf_meta(meta).hf.save(str(folder / "tokenizer.json"))
     text = {i: t for i, t in enumerate(tok.tokens)}
     config = {"add_bos_token": tok.add_bos, "chat_template": tok.chat_template,
               "bos_token": text.get(tok.bos_id), "eos_token": text.get(tok.eos_id),
               "tokenizer_class": "PreTrainedTokenizerFast"}
     (folder / "tokenizer_config.json").write_text(json.dumps(config, indent=2))
+    return meta
