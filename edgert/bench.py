@@ -32,12 +32,7 @@ TEXT = ("The history of computing is a story of machines that became smaller, ch
         "desks; today a phone in a pocket runs programs that once needed a data centre. ")
 
 
-def prompt_ids(model_path: Path, n: int) -> list[int]:
-    from .formats.gguf import read_gguf
-    from .tokenizer import Tokenizer
-
-    tok = Tokenizer.from_gguf_meta(read_gguf(model_path).meta)
-    ids = tok.encode(TEXT, add_special=False)
+def _repeat(ids: list[int], n: int) -> list[int]:
     return (ids * (n // len(ids) + 1))[:n]
 
 
@@ -179,14 +174,17 @@ def _child_main(argv: list[str]) -> None:
     t_before = time.time()
     ttft, _, _ = b.run(ids[:8], 2)
     t_first = t_before + ttft
-    b.run((ids * (n_prompt // len(ids) + 1))[:n_prompt], n_gen)
+    b.run(_repeat(ids, n_prompt), n_gen)
     print(json.dumps({"t_first_token": t_first, "load_s": b.load_s, "peak_rss_bytes": _peak_rss_bytes()}))
 
 
 def run_bench(model_path: Path, threads: int, n_prompt: int, n_gen: int, repeat: int, versus: list[str],
               n_ctx: int | None = None, starts: bool = True, progress=None) -> dict:
     n_ctx = n_ctx or max(512, n_prompt + n_gen + 8)
-    ids = prompt_ids(model_path, n_prompt)
+    from .devices.onnxrt import is_onnx_folder
+
+    if is_onnx_folder(model_path) and any(v != "edgert" for v in versus):
+        raise EdgertError(f"{model_path} is an ONNX folder; --vs compares on a GGUF file, so bench it alone.")
     names = ["edgert"] + [v for v in versus if v != "edgert"]
     for name in names:
         if name not in BACKENDS:
@@ -205,6 +203,7 @@ def run_bench(model_path: Path, threads: int, n_prompt: int, n_gen: int, repeat:
             start["compile_s"] = max(0.0, cold["start_to_first_token_s"] - warm["start_to_first_token_s"])
         starts_by[name] = start
     runners = [(_Edgert if name == "edgert" else _LlamaCpp)(model_path, threads, n_ctx) for name in names]
+    ids = _repeat(runners[0].tokenize(TEXT), n_prompt)  # the same ids for every backend
     results = {r.name: Result(r.name, load_s=r.load_s, start=starts_by.get(r.name, {})) for r in runners}
     for r in runners:  # one untimed pass each: page in weights, load cached kernels
         r.run(ids[: min(16, len(ids))], 2)
@@ -219,7 +218,8 @@ def run_bench(model_path: Path, threads: int, n_prompt: int, n_gen: int, repeat:
             res.ttft_s.append(ttft)
     out = {
         "model": str(model_path), "threads": threads, "prompt_tokens": n_prompt, "gen_tokens": n_gen,
-        "repeat": repeat, "n_ctx": n_ctx, "results": [results[n].summary() for n in names],
+        "repeat": repeat, "n_ctx": n_ctx, "edgert_backend": runners[0].model.backend,
+        "results": [results[n].summary() for n in names],
     }
     if "llama.cpp" in results:
         e, lc = out["results"][0], out["results"][names.index("llama.cpp")]
