@@ -151,20 +151,9 @@ def _child_run(backend: str, path: Path, threads: int, n_ctx: int, n_prompt: int
     return report
 
 
-def _peak_rss_bytes() -> int | None:
-    """This process's peak resident set since exec (VmHWM), which, unlike ru_maxrss, does not
-    count the parent's pages that a forked child held before exec."""
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return None
-
-
 def _child_main(argv: list[str]) -> None:
+    from .devices.host import peak_rss_bytes
+
     """In a fresh process: a short prompt to the first token (the start-up a user waits for),
     then the full prompt and generation, so the peak memory covers a real run."""
     backend, path, threads, n_ctx, n_prompt, n_gen = argv[0], Path(argv[1]), *map(int, argv[2:])
@@ -175,7 +164,7 @@ def _child_main(argv: list[str]) -> None:
     ttft, _, _ = b.run(ids[:8], 2)
     t_first = t_before + ttft
     b.run(_repeat(ids, n_prompt), n_gen)
-    print(json.dumps({"t_first_token": t_first, "load_s": b.load_s, "peak_rss_bytes": _peak_rss_bytes()}))
+    print(json.dumps({"t_first_token": t_first, "load_s": b.load_s, "peak_rss_bytes": peak_rss_bytes()}))
 
 
 def run_bench(model_path: Path, threads: int, n_prompt: int, n_gen: int, repeat: int, versus: list[str],

@@ -112,22 +112,10 @@ def _load(model: str | None, kw: dict):
     return m
 
 
-def peak_rss_bytes() -> int | None:
-    """This process's peak resident memory (Linux VmHWM; elsewhere ru_maxrss)."""
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    try:
-        import resource
+def _peak_rss() -> int | None:
+    from .devices.host import peak_rss_bytes
 
-        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-        return peak if sys.platform == "darwin" else peak * 1024
-    except (ImportError, OSError):
-        return None
+    return peak_rss_bytes()
 
 
 def _stats_line(r) -> str:
@@ -223,7 +211,7 @@ def run(model, prompt, as_chat, system, ignore_eos, stop, as_json, **kw):
             "prefill_tps": round(last.prompt_tps, 2), "decode_tps": round(last.generation_tps, 2),
             "finish_reason": last.finish_reason, "load_s": round(m.load_seconds, 3), "backend": m.backend,
             "n_ctx": m.n_ctx, "kv_type": m.plan.kv_type, "planned_bytes": m.plan.total_bytes,
-            "peak_rss_bytes": peak_rss_bytes(),
+            "peak_rss_bytes": _peak_rss(),
         }))
     else:
         click.echo()

@@ -324,3 +324,22 @@ def matching_profile(host: HostInfo) -> str | None:
     if host.kind == "raspberry-pi":
         return "raspberry-pi-5-8gb" if "raspberry pi 5" in model else None
     return "generic-laptop-8gb" if gib < 12 else "generic-laptop-16gb"
+
+
+def peak_rss_bytes() -> int | None:
+    """This process's peak resident memory: Linux VmHWM (which, unlike ru_maxrss, does not count a
+    forked parent's pages from before exec), else ru_maxrss."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    try:
+        import resource
+
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        return peak if sys.platform == "darwin" else peak * 1024
+    except (ImportError, OSError):
+        return None

@@ -27,7 +27,7 @@ import numpy as np
 from numba import njit, prange
 
 from . import CACHE, FASTMATH
-from .quant import F16_TABLE
+from .quant import _f16, _scale_min_k4
 
 TILE = 64          # rows per tile: 64 float32 lanes, 8 AVX2 or 4 AVX-512 registers
 TOKENS = 32        # prefill tokens per pass over a tile, so the accumulators stay in L1
@@ -60,21 +60,6 @@ def can_pack(ggml_type: int, rows: int) -> bool:
     return ggml_type in PACKABLE and rows % TILE == 0
 
 
-@njit(inline="always")
-def _h(row, o):
-    return F16_TABLE[np.int64(row[o]) | (np.int64(row[o + 1]) << 8)]
-
-
-@njit(inline="always")
-def _k4(j, row, o):
-    """6-bit scale and min of sub-block j from the 12 packed bytes at row[o:] (Q4_K, Q5_K)."""
-    if j < 4:
-        return np.int64(row[o + j]) & 63, np.int64(row[o + j + 4]) & 63
-    sc = (np.int64(row[o + j + 4]) & 0xF) | ((np.int64(row[o + j - 4]) >> 6) << 4)
-    mn = (np.int64(row[o + j + 4]) >> 4) | ((np.int64(row[o + j]) >> 6) << 4)
-    return sc, mn
-
-
 @njit(cache=CACHE)
 def _codes(row, ggml_type, b, codes):
     """Block b of a row as integer codes (the block's values / d, less m / d); returns (d, m)."""
@@ -88,13 +73,13 @@ def _codes(row, ggml_type, b, codes):
         else:
             size = 22 if ggml_type == Q5_0 else 24
         o = b * size
-        d = _h(row, o)
+        d = _f16(row, o)
         if ggml_type == Q8_0:
             for j in range(32):
                 codes[j] = (np.int64(row[o + 2 + j]) ^ 0x80) - 0x80
             return d, np.float32(0.0)
         has_min = ggml_type == Q4_1 or ggml_type == Q5_1
-        m = _h(row, o + 2) if has_min else np.float32(0.0)
+        m = _f16(row, o + 2) if has_min else np.float32(0.0)
         qh = np.int64(0)
         q0 = o + (4 if has_min else 2)
         if ggml_type == Q5_0 or ggml_type == Q5_1:
@@ -114,7 +99,7 @@ def _codes(row, ggml_type, b, codes):
         quarter, second = part // 2, part % 2
         ql, qh = o + 64 * half, o + 128 + 32 * half
         sc = (np.int64(row[o + 192 + 8 * half + part]) ^ 0x80) - 0x80
-        d = _h(row, o + 208) * np.float32(sc)
+        d = _f16(row, o + 208) * np.float32(sc)
         for i in range(16):
             li = 16 * second + i
             a = np.int64(row[ql + li + (32 if quarter & 1 else 0)])
@@ -126,9 +111,9 @@ def _codes(row, ggml_type, b, codes):
     sb, s = b // 8, b % 8
     size = 144 if ggml_type == Q4_K else 176
     o = sb * size
-    sc, mn = _k4(s, row, o + 4)
-    d = _h(row, o) * np.float32(sc)
-    m = -(_h(row, o + 2) * np.float32(mn))
+    sc, mn = _scale_min_k4(s, row, o + 4)
+    d = _f16(row, o) * np.float32(sc)
+    m = -(_f16(row, o + 2) * np.float32(mn))
     g, upper = s // 2, s % 2
     qs = o + (16 if ggml_type == Q4_K else 48) + 32 * g
     for j in range(32):
