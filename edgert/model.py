@@ -144,10 +144,12 @@ def load(name_or_path: str | Path | None = None, backend: str = "auto", device: 
 
     t0 = time.perf_counter()
     path = resolve(None if name_or_path is None else str(name_or_path), progress=progress)
+    from .devices.litert import is_tflite_folder
     from .devices.onnxrt import is_onnx_folder
 
-    if is_onnx_folder(path):
-        return _load_onnx(path, backend, device, n_ctx, budget, threads, t0)
+    if is_onnx_folder(path) or is_tflite_folder(path):
+        return _load_folder(path, "onnxruntime" if is_onnx_folder(path) else "litert", backend, device, n_ctx,
+                            budget, threads, t0)
     if path.is_dir() or path.suffix.lower() != ".gguf":
         raise EdgertError(f"{path} is not a .gguf file; edgert runs GGUF models (other formats come with convert).")
     g = read_gguf(path)
@@ -171,21 +173,25 @@ def load(name_or_path: str | Path | None = None, backend: str = "auto", device: 
     return model
 
 
-def _load_onnx(path: Path, backend: str, device, n_ctx, budget, threads, t0: float) -> Model:
-    """An ONNX folder from `edgert convert`: the onnxruntime backend, the same generation layer."""
+def _load_folder(path: Path, runner: str, backend: str, device, n_ctx, budget, threads, t0: float) -> Model:
+    """A folder from `edgert convert` (ONNX or TFLite): its runtime's backend, the same generation layer."""
     from .devices import get_backend
-    from .devices.onnxrt import OrtSession, read_folder
+    from .devices.onnxrt import read_folder
     from .devices.plan import plan_folder
     from .tokenizer import Tokenizer
 
-    if backend not in ("auto", "onnxruntime"):
-        raise EdgertError(f"{path} is an ONNX model; run it with --backend onnxruntime (or auto), not {backend}.")
-    get_backend("onnxruntime")
+    if backend not in ("auto", runner):
+        raise EdgertError(f"{path} runs on {runner}; use --backend {runner} (or auto), not {backend}.")
+    mod = get_backend(runner)
     cfg, meta = read_folder(path)
-    plan = plan_folder(path, cfg, n_ctx=n_ctx, budget=budget, device=device)
+    plan = plan_folder(path, cfg, n_ctx=n_ctx, budget=budget, device=device, backend=runner)
     if not plan.fits:
         raise EdgertError(plan.refusal())
-    session = OrtSession(path, cfg, plan.n_ctx, threads=threads)
-    model = Model(path, session, Tokenizer.from_gguf_meta(meta), cfg, "onnxruntime", time.perf_counter() - t0)
+    if runner == "onnxruntime":
+        session = mod.OrtSession(path, cfg, plan.n_ctx, threads=threads)
+    else:
+        # the context is fixed when the graph is written; an explicit n_ctx may only ask for less
+        session = mod.LiteRTSession(path, cfg, n_ctx=n_ctx if isinstance(n_ctx, int) else None, threads=threads)
+    model = Model(path, session, Tokenizer.from_gguf_meta(meta), cfg, runner, time.perf_counter() - t0)
     model.plan = plan
     return model

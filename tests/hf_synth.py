@@ -32,10 +32,32 @@ def write_tokenizer(folder: Path) -> int:
     return tok.get_vocab_size()
 
 
+def write_spm_tokenizer(folder: Path) -> int:
+    """A Llama-2/Mistral-style tokenizer.json: '▁' for spaces, byte fallback to <0xXX> tokens."""
+    from tokenizers import normalizers
+
+    specials = ["<unk>", "<s>", "</s>"]
+    pieces = specials + [f"<0x{b:02X}>" for b in range(256)] + ["▁"] + [chr(c) for c in range(ord("a"), ord("z") + 1)]
+    merges = [("▁", "t"), ("h", "e"), ("▁t", "he"), ("i", "n"), ("▁", "a"), ("e", "r"), ("o", "n"), ("t", "h")]
+    for a, b in merges:
+        if a + b not in pieces:
+            pieces.append(a + b)
+    tok = Tokenizer(models.BPE(vocab={p: i for i, p in enumerate(pieces)}, merges=merges, unk_token="<unk>",
+                               byte_fallback=True, fuse_unk=True))
+    tok.normalizer = normalizers.Sequence([normalizers.Prepend("▁"), normalizers.Replace(" ", "▁")])
+    tok.decoder = decoders.Sequence([decoders.Replace("▁", " "), decoders.ByteFallback(), decoders.Fuse(),
+                                     decoders.Strip(" ", 1, 0)])
+    tok.add_special_tokens(specials)
+    tok.save(str(folder / "tokenizer.json"))
+    (folder / "tokenizer_config.json").write_text(json.dumps({
+        "bos_token": "<s>", "eos_token": "</s>", "add_bos_token": True, "chat_template": TEMPLATE}))
+    return tok.get_vocab_size()
+
+
 def write_checkpoint(folder: Path, arch: str = "llama", *, n_layer: int = 2, hidden: int = 256, heads: int = 4,
-                     kv_heads: int = 2, ff: int = 512, tied: bool = True, seed: int = 0) -> Path:
+                     kv_heads: int = 2, ff: int = 512, tied: bool = True, seed: int = 0, spm: bool = False) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
-    vocab = write_tokenizer(folder)
+    vocab = write_spm_tokenizer(folder) if spm else write_tokenizer(folder)
     rng = np.random.default_rng(seed)
     hd = hidden // heads
 

@@ -94,6 +94,26 @@ def test_onnx_backend_prefix_reuse(tmp_path):
     assert m.generate("the quick brown fox", temp=0, max_tokens=8, ignore_eos=True).text == cold
 
 
+def test_sentencepiece_checkpoint(tmp_path):
+    """A Mistral/Llama-2 style checkpoint: '▁' pieces and byte fallback become a GGUF 'llama'
+    vocabulary whose ids equal the checkpoint tokenizer's; llama.cpp agrees as well."""
+    from tokenizers import Tokenizer
+
+    src = hf_synth.write_checkpoint(tmp_path / "ckpt", "mistral", spm=True)
+    (row,) = convert(src, ["gguf"], "q8_0", tmp_path / "out")
+    hf = Tokenizer.from_file(str(src / "tokenizer.json"))
+    m = edgert.load(row["artifact"])
+    assert m.tokenizer.kind == "spm"
+    for text in ["the theater in the north", "another one", "naïve café ☕", "a  b"]:
+        ids = m.tokenize(text, add_special=False)
+        assert ids == hf.encode(text).ids, text  # the fixture's tokenizer.json adds no BOS itself
+        assert m.detokenize(ids) == text
+        assert m.tokenize(text)[0] == m.tokenizer.bos_id  # add_bos_token from tokenizer_config.json
+    llama_cpp = pytest.importorskip("llama_cpp")
+    ll = llama_cpp.Llama(model_path=row["artifact"], n_ctx=32, vocab_only=True, verbose=False)
+    assert ll.tokenize(b"the theater in the north", add_bos=True) == m.tokenize("the theater in the north")
+
+
 @pytest.mark.model
 @pytest.mark.slow
 def test_default_model_to_gguf_and_onnx(default_model_path, tmp_path):
@@ -134,7 +154,7 @@ def test_failed_parity_keeps_nothing(tmp_path, monkeypatch):
 
 
 @pytest.mark.parametrize("args,words", [
-    (["--to", "tflite"], "unknown target tflite"),
+    (["--to", "coreml"], "unknown target coreml"),
     (["--to", "onnx", "-q", "int3"], "unknown ONNX quant 'int3'"),
     (["-q", "q3_k"], "unknown GGUF quant 'q3_k'"),
 ])

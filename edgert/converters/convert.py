@@ -23,7 +23,8 @@ from .spec import ModelSpec, load_spec
 
 log = logging.getLogger(__name__)
 
-TARGETS = ("gguf", "onnx")
+TARGETS = ("gguf", "onnx", "tflite")
+RUNNERS = {"gguf": "cpu", "onnx": "onnxruntime", "tflite": "litert"}
 PROMPTS = (  # English prose, code and science: about 170 teacher-forced positions in all
     "The history of the Roman Empire spans many centuries. It began when Augustus became the first emperor in "
     "27 BC, and in the west it ended in 476 AD when the last emperor was deposed. During this time the empire "
@@ -66,8 +67,7 @@ def parity(spec: ModelSpec, target: str, artifact: Path, quant: str) -> dict:
     the target's own runtime check: llama.cpp on a GGUF, onnxruntime-genai on an ONNX folder."""
     import edgert
 
-    m = edgert.load(str(artifact), backend="cpu" if target == "gguf" else "onnxruntime",
-                    n_ctx=POSITIONS_PER_PROMPT * 2)
+    m = edgert.load(str(artifact), backend=RUNNERS[target], n_ctx=POSITIONS_PER_PROMPT * 2)
     agree = total = 0
     worst = 0.0
     llama_agree = 0
@@ -84,7 +84,8 @@ def parity(spec: ModelSpec, target: str, artifact: Path, quant: str) -> dict:
             lc = np.asarray(llama.scores[: len(ids)], dtype=np.float32)
             llama_agree += int((lc.argmax(1) == got.argmax(1)).sum())
     floor = FLOORS[quant]
-    runner = "edgert's cpu backend" if target == "gguf" else "onnxruntime (edgert's onnxruntime backend)"
+    runner = {"gguf": "edgert's cpu backend", "onnx": "onnxruntime (edgert's onnxruntime backend)",
+              "tflite": "LiteRT's interpreter with XNNPACK (edgert's litert backend)"}[target]
     source = "a float32 NumPy forward over the checkpoint" if spec.kind == "hf" else "edgert on the source GGUF"
     result = {
         "target": target, "quant": quant, "source": str(spec.source), "positions": total,
@@ -135,6 +136,7 @@ def convert(src: str | Path, targets: list[str], quant: str, out: str | Path, fo
             progress: Callable[[str], None] | None = None) -> list[dict]:
     from .gguf_out import gguf_quant, write_gguf
     from .onnx_out import onnx_quant, write_onnx
+    from .tflite_out import tflite_quant, write_tflite
 
     src, out = Path(src).resolve(), Path(out).resolve()
     bad = [t for t in targets if t not in TARGETS]
@@ -144,7 +146,8 @@ def convert(src: str | Path, targets: list[str], quant: str, out: str | Path, fo
         raise EdgertError(f"the output {out} overlaps the source {src}; write somewhere else.")
     if out.exists() and not force:
         raise EdgertError(f"{out} exists; pass --force to replace it, or pick another -o.")
-    quants = {t: (gguf_quant if t == "gguf" else onnx_quant)(quant) for t in targets}
+    namers = {"gguf": gguf_quant, "onnx": onnx_quant, "tflite": tflite_quant}
+    quants = {t: namers[t](quant) for t in targets}
     spec = load_spec(src)
     out.parent.mkdir(parents=True, exist_ok=True)
     stage = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
@@ -160,9 +163,10 @@ def convert(src: str | Path, targets: list[str], quant: str, out: str | Path, fo
                 detail = {"tensor_types": write_gguf(spec, artifact, quants[target], progress)}
             else:
                 if progress:
-                    progress(f"onnx {quants[target]}: building the graph")
+                    progress(f"{target} {quants[target]}: building the graph")
                 artifact = folder
-                detail = {"graph": write_onnx(spec, folder, quants[target])}
+                write = write_onnx if target == "onnx" else write_tflite
+                detail = {"graph": write(spec, folder, quants[target])}
             if progress:
                 progress(f"{target}: parity against the source")
             result = {**parity(spec, target, artifact, quants[target]), **detail}

@@ -184,10 +184,10 @@ def _hf_tokenizer(folder: Path, conf: dict) -> TokenizerSpec:
         raise ModelFileError(f"{folder} has no tokenizer.json; edgert needs the fast tokenizer file to convert.")
     tj = json.loads(path.read_text())
     model = tj.get("model", {})
-    if model.get("type") != "BPE" or model.get("byte_fallback"):
-        raise UnsupportedError(f"{path} is a {model.get('type')} tokenizer"
-                               f"{' with byte fallback (SentencePiece)' if model.get('byte_fallback') else ''}; "
-                               "edgert converts byte-level BPE tokenizers so far.")
+    if model.get("type") != "BPE":
+        raise UnsupportedError(f"{path} is a {model.get('type')} tokenizer; edgert converts BPE tokenizers "
+                               "(byte-level, or SentencePiece-style with byte fallback).")
+    spm = bool(model.get("byte_fallback"))  # Llama 2 / Mistral: '▁' for spaces, <0xXX> byte tokens
     vocab: dict[str, int] = dict(model["vocab"])
     added = {t["content"]: t for t in tj.get("added_tokens", [])}
     for t in added.values():
@@ -201,6 +201,20 @@ def _hf_tokenizer(folder: Path, conf: dict) -> TokenizerSpec:
     for t in added.values():
         types[t["id"]] = 3 if t.get("special") else 4
     merges = [m if isinstance(m, str) else " ".join(m) for m in model.get("merges", [])]
+    scores = None
+    if spm:
+        # GGUF's SentencePiece vocabulary ranks merges by the merged token's score: a token made by
+        # merge rank r scores -r, so the GGUF tokenizer applies the checkpoint's merges in its order
+        scores = [0.0] * n
+        for rank, m in enumerate(merges):
+            merged = m.replace(" ", "", 1)
+            if merged in vocab:
+                i = vocab[merged]
+                scores[i] = max(scores[i], -float(rank)) if scores[i] else -float(rank)
+        for text, i in vocab.items():
+            if len(text) == 6 and text.startswith("<0x") and text.endswith(">") and types[i] == 1:
+                types[i] = 6  # byte token
+        merges = []
     tc_path = folder / "tokenizer_config.json"
     tc = json.loads(tc_path.read_text()) if tc_path.exists() else {}
     gen_path = folder / "generation_config.json"
@@ -222,6 +236,13 @@ def _hf_tokenizer(folder: Path, conf: dict) -> TokenizerSpec:
     template = tc.get("chat_template")
     if isinstance(template, list):  # named templates: take the default
         template = next((t["template"] for t in template if t.get("name") == "default"), None)
+    if spm:
+        prepend = "Prepend" in json.dumps(tj.get("normalizer") or {}) or "Metaspace" in json.dumps(
+            tj.get("pre_tokenizer") or {})
+        return TokenizerSpec(model="llama", pre="default", tokens=tokens, token_types=types, merges=[],
+                             bos_id=token_id("bos_token"), eos_id=token_id("eos_token"),
+                             add_bos=bool(tc.get("add_bos_token", True)), chat_template=template, scores=scores,
+                             extra={"tokenizer.ggml.add_space_prefix": prepend})
     return TokenizerSpec(model="gpt2", pre=_pre_type(tj), tokens=tokens, token_types=types, merges=merges,
                          bos_id=token_id("bos_token"), eos_id=token_id("eos_token"),
                          add_bos=bool(tc.get("add_bos_token", False)), chat_template=template)

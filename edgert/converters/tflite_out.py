@@ -13,7 +13,9 @@ The new K/V rows are written at input_pos[0] with DYNAMIC_UPDATE_SLICE; a key at
 by a query at position p when t <= p (the mask is built in the graph from input_pos), so cache rows
 past the newest position never matter. Quants: fp32; fp16 (float16 weights, DEQUANTIZE at load);
 int8 (per-output-channel symmetric int8 FULLY_CONNECTED weights with float activations: LiteRT's
-dynamic-range "hybrid" kernel). RoPE is applied on halves, so llama.cpp-ordered Q/K rows are
+dynamic-range "hybrid" kernel); int4 (the same with INT4 weights, one scale per output row, no
+blocks: coarser than GGUF's or ONNX's 32-value blocks; the output head stays int8). The token
+embedding is float32 in every quant (it is gathered). RoPE is applied on halves, so llama.cpp-ordered Q/K rows are
 permuted back as the ONNX target does.
 """
 
@@ -29,8 +31,8 @@ from ..errors import EdgertError
 from .onnx_out import _tokenizer_files, _unpermute
 from .spec import ModelSpec
 
-QUANTS = ("fp32", "fp16", "int8")
-GENERIC = {"q8": "int8", "q8_0": "int8", "f16": "fp16", "f32": "fp32"}
+QUANTS = ("fp32", "fp16", "int8", "int4")
+GENERIC = {"q4": "int4", "q4_k_m": "int4", "q8": "int8", "q8_0": "int8", "f16": "fp16", "f32": "fp32"}
 PREFILL = 32
 MAX_CTX = 512
 NEG = -1.0e30  # the mask's "not allowed": finite, so a scaled softmax never sees inf - inf
@@ -38,8 +40,6 @@ NEG = -1.0e30  # the mask's "not allowed": finite, so a scaled softmax never see
 
 def tflite_quant(name: str) -> str:
     q = GENERIC.get(name.lower(), name.lower())
-    if q in ("int4", "q4", "q4_k_m"):
-        raise EdgertError("int4 is not yet written to TFLite; use --quant int8, fp16 or fp32 for the tflite target.")
     if q not in QUANTS:
         raise EdgertError(f"unknown TFLite quant {name!r}; use one of {', '.join(QUANTS)} (or q8, f16).")
     return q
@@ -53,14 +53,16 @@ class _Model:
         self.buffers = [schema.BufferT()]  # buffer 0: empty, for every non-constant tensor
         self.codes: dict[int, int] = {}
         self.opcodes = []
-        self.consts: dict[str, tuple[int, np.ndarray, object]] = {}  # name -> (buffer, array, quantization)
+        # name -> (buffer, shape, dtype, quantization, TensorType name override)
+        self.consts: dict[str, tuple[int, tuple, np.dtype, object, str | None]] = {}
 
-    def buffer(self, key: str, arr: np.ndarray, quant=None) -> str:
+    def buffer(self, key: str, arr: np.ndarray, quant=None, shape=None, ttype: str | None = None) -> str:
+        """Stores arr's bytes once; `shape`/`ttype` describe packed data (INT4: two codes a byte)."""
         if key not in self.consts:
             b = self.s.BufferT()
             b.data = np.frombuffer(np.ascontiguousarray(arr).tobytes(), np.uint8)
             self.buffers.append(b)
-            self.consts[key] = (len(self.buffers) - 1, arr, quant)
+            self.consts[key] = (len(self.buffers) - 1, tuple(shape or arr.shape), arr.dtype, quant, ttype)
         return key
 
     def opcode(self, op: int) -> int:
@@ -84,10 +86,10 @@ class _Graph:
         self.const_ids: dict[str, int] = {}
         self._n = 0
 
-    def tensor(self, shape, dtype, name: str | None = None, buffer: int = 0, quant=None) -> int:
+    def tensor(self, shape, dtype, name: str | None = None, buffer: int = 0, quant=None, ttype=None) -> int:
         t = self.s.TensorT()
         t.shape = list(shape)
-        t.type = getattr(self.s.TensorType, self.TYPES[np.dtype(dtype)])
+        t.type = getattr(self.s.TensorType, ttype or self.TYPES[np.dtype(dtype)])
         t.buffer, t.quantization = buffer, quant
         self._n += 1
         t.name = name or f"t{self._n}"
@@ -99,8 +101,8 @@ class _Graph:
         if key not in self.const_ids:
             if key not in self.m.consts:
                 self.m.buffer(key, arr, quant)
-            buf, a, q = self.m.consts[key]
-            self.const_ids[key] = self.tensor(a.shape, a.dtype, key, buf, q)
+            buf, shape, dtype, q, ttype = self.m.consts[key]
+            self.const_ids[key] = self.tensor(shape, dtype, key, buf, q, ttype)
         return self.const_ids[key]
 
     def small(self, values, dtype=np.int32) -> int:
@@ -140,7 +142,7 @@ class _Graph:
 
     def _dtype(self, t: int):
         name = {v: k for k, v in vars(self.s.TensorType).items() if not k.startswith("_")}[self.tensors[t].type]
-        return {"FLOAT32": np.float32, "INT32": np.int32, "BOOL": np.bool_, "INT8": np.int8,
+        return {"FLOAT32": np.float32, "INT32": np.int32, "BOOL": np.bool_, "INT8": np.int8, "INT4": np.int8,
                 "FLOAT16": np.float16}[name]
 
     def binary(self, op: str, a: int, b: int) -> int:
@@ -154,11 +156,15 @@ class _Graph:
         return g
 
 
-def _int8_rows(w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """W (N, K) -> int8 codes and one symmetric scale per output row."""
-    scale = np.abs(w).max(axis=1) / 127.0
+def _int_rows(w: np.ndarray, bits: int = 8) -> tuple[np.ndarray, np.ndarray]:
+    """W (N, K) -> signed codes and one symmetric scale per output row; at 4 bits two codes a byte,
+    the even column in the low nibble (LiteRT's INT4 packing)."""
+    top = (1 << (bits - 1)) - 1
+    scale = np.abs(w).max(axis=1) / top
     scale[scale == 0] = 1.0
-    q = np.clip(np.rint(w / scale[:, None]), -127, 127).astype(np.int8)
+    q = np.clip(np.rint(w / scale[:, None]), -top, top).astype(np.int8)
+    if bits == 4:
+        q = ((q[:, 0::2] & 0xF) | ((q[:, 1::2] & 0xF) << 4)).astype(np.uint8)
     return q, scale.astype(np.float32)
 
 
@@ -177,12 +183,15 @@ class _Decoder:
 
     def weight_const(self, g: _Graph, key: str, name: str, w_fn) -> int:
         """A FULLY_CONNECTED weight (out, in) as the quant stores it; a float32 tensor for fp32/fp16."""
-        if self.quant == "int8":
+        if self.quant in ("int8", "int4"):
             if key not in self.m.consts:
-                q, scale = _int8_rows(w_fn())
+                w = w_fn()
+                # int4: per-output-channel 4-bit codes; the output head stays 8-bit, as the ONNX target's does
+                bits = 4 if self.quant == "int4" and w.shape[1] % 2 == 0 and not key.startswith("lm_head.") else 8
+                q, scale = _int_rows(w, bits)
                 qp = self.m.s.QuantizationParametersT()
                 qp.scale, qp.zeroPoint, qp.quantizedDimension = scale.tolist(), [0] * len(scale), 0
-                self.m.buffer(key, q, qp)
+                self.m.buffer(key, q, qp, shape=w.shape, ttype="INT4" if bits == 4 else None)
             return g.const(key)
         if self.quant == "fp16":
             k16 = key + ".f16"
@@ -196,7 +205,7 @@ class _Decoder:
         w = self.weight_const(g, key, name, lambda: self.W(name))
         b = g.const(bias, self.spec.tensor(bias) if bias not in self.m.consts else None) if bias else -1
         n = self.spec.shapes[name][0] if name in self.spec.shapes else g.shape(w)[0]
-        opts = g.opts("FullyConnectedOptions", asymmetricQuantizeInputs=self.quant == "int8")
+        opts = g.opts("FullyConnectedOptions", asymmetricQuantizeInputs=self.quant in ("int8", "int4"))
         return g.op("FULLY_CONNECTED", [x, w, b], [g.shape(x)[0], n], np.float32, opts)
 
     def rmsnorm(self, g: _Graph, x: int, name: str) -> int:

@@ -14,7 +14,9 @@ from ..errors import EdgertError
 
 log = logging.getLogger(__name__)
 
-BACKENDS = {"cpu": "edgert.devices.cpu", "llama.cpp": "edgert.devices.llamacpp", "onnxruntime": "edgert.devices.onnxrt"}
+BACKENDS = {"cpu": "edgert.devices.cpu", "llama.cpp": "edgert.devices.llamacpp", "onnxruntime": "edgert.devices.onnxrt",
+            "litert": "edgert.devices.litert"}
+FOLDER_BACKENDS = ("onnxruntime", "litert")  # they run a converted folder, never a GGUF file
 
 
 def _module(name: str):
@@ -30,10 +32,10 @@ def get_backend(name: str, device: str | None = None):
     one in the order the device profile (or this host's kind) prefers, and logs the choice."""
     if name == "auto":
         order = _preferred_order(device)
-        usable = [n for n in order if n in BACKENDS and n != "onnxruntime" and _module(n).available()[0]]
+        usable = [n for n in order if n in BACKENDS and n not in FOLDER_BACKENDS and _module(n).available()[0]]
         if not usable:
             raise EdgertError("no backend is usable on this machine; reinstall edgert with its dependencies.")
-        skipped = [n for n in order if n in BACKENDS and n != "onnxruntime" and n not in usable]
+        skipped = [n for n in order if n in BACKENDS and n not in FOLDER_BACKENDS and n not in usable]
         log.info("backend auto: chose %s (preferred order %s%s)", usable[0], ", ".join(order),
                  f"; not installed: {', '.join(skipped)}" if skipped else "")
         return _module(usable[0])

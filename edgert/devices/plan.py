@@ -26,7 +26,7 @@ MIB = 1 << 20
 # kernels loaded (LLVM, typing and target registries), the OpenMP and prefill worker threads, measured
 # 195-215 MiB here with the planned buffers subtracted; llama.cpp's
 # process (Python, NumPy, libllama) is far lighter.
-RUNTIME_BYTES = {"cpu": 205 * MIB, "llama.cpp": 60 * MIB, "onnxruntime": 80 * MIB}
+RUNTIME_BYTES = {"cpu": 205 * MIB, "llama.cpp": 60 * MIB, "onnxruntime": 80 * MIB, "litert": 60 * MIB}
 VOCAB_BYTES_PER_TOKEN = 700   # the tokenizer (tokenizers' BPE tables + edgert's piece tables) per vocab entry
 KERNEL_EFFICIENCY = 0.3       # share of the bandwidth roofline edgert's decode reaches (measured ~0.25-0.3)
 CTX_STEP = 256
@@ -214,9 +214,10 @@ def _suggestions(plan, g, cfg, kv_type, budget, weights, scratch_of, overhead, n
 
 
 def plan_folder(folder, cfg: ModelConfig, *, n_ctx: int | str | None = None, budget: str | int | None = None,
-                device: str | None = None) -> MemoryPlan:
-    """The plan for an ONNX folder on onnxruntime: weights as the files hold them, a float32 KV
-    cache, onnxruntime's activations for a full-context prefill (an estimate)."""
+                device: str | None = None, backend: str = "onnxruntime") -> MemoryPlan:
+    """The plan for a converted folder (ONNX on onnxruntime, TFLite on LiteRT): weights as the
+    files hold them, a float32 KV cache, the runtime's activations for a full-context prefill
+    (an estimate)."""
     from .host import detect_host
     from .profiles import get_profile, host_profile
 
@@ -225,8 +226,9 @@ def plan_folder(folder, cfg: ModelConfig, *, n_ctx: int | str | None = None, bud
     source = "--budget" if budget_bytes is not None else (f"{profile.name} usable memory" if device else
                                                           "available memory")
     budget_bytes = budget_bytes if budget_bytes is not None else profile.usable_bytes
-    weights = sum(p.stat().st_size for p in folder.glob("model.onnx*"))
-    overhead = RUNTIME_BYTES["onnxruntime"] + VOCAB_BYTES_PER_TOKEN * cfg.vocab_size
+    weights = sum(p.stat().st_size for p in folder.glob("model.onnx*")) + sum(
+        p.stat().st_size for p in folder.glob("*.tflite"))
+    overhead = RUNTIME_BYTES[backend] + VOCAB_BYTES_PER_TOKEN * cfg.vocab_size
 
     def kv_of(ctx: int) -> int:
         return 2 * 4 * cfg.n_layer * cfg.n_head_kv * ctx * cfg.head_dim
@@ -240,7 +242,7 @@ def plan_folder(folder, cfg: ModelConfig, *, n_ctx: int | str | None = None, bud
     max_ctx = max((c for c in range(CTX_STEP, cfg.n_ctx_train + 1, CTX_STEP) if total(c) <= budget_bytes), default=0)
     ctx = max_ctx if n_ctx == "auto" else (int(n_ctx) if n_ctx else min(2048, cfg.n_ctx_train))
     roofline = profile.memory_bandwidth_gbps * 1e9 / (weights + kv_of(ctx) // 2)
-    plan = MemoryPlan("onnxruntime", ctx, "f32", weights, kv_of(ctx), scratch_of(ctx), overhead, budget_bytes, source,
+    plan = MemoryPlan(backend, ctx, "f32", weights, kv_of(ctx), scratch_of(ctx), overhead, budget_bytes, source,
                       max_ctx, roofline, roofline * KERNEL_EFFICIENCY, profile.name, profile.unified_memory)
     if not plan.fits and max_ctx:
         plan.suggestions.append(f"a context of {max_ctx} fits (--ctx {max_ctx})")
