@@ -55,7 +55,8 @@ def write_spm_tokenizer(folder: Path) -> int:
 
 
 def write_checkpoint(folder: Path, arch: str = "llama", *, n_layer: int = 2, hidden: int = 256, heads: int = 4,
-                     kv_heads: int = 2, ff: int = 512, tied: bool = True, seed: int = 0, spm: bool = False) -> Path:
+                     kv_heads: int = 2, ff: int = 512, tied: bool = True, seed: int = 0, spm: bool = False,
+                     rope_scaling: dict | None = None) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     vocab = write_spm_tokenizer(folder) if spm else write_tokenizer(folder)
     rng = np.random.default_rng(seed)
@@ -93,5 +94,6 @@ def write_checkpoint(folder: Path, arch: str = "llama", *, n_layer: int = 2, hid
     (folder / "config.json").write_text(json.dumps({
         "architectures": [ARCHS[arch]], "hidden_size": hidden, "intermediate_size": ff, "num_attention_heads": heads,
         "num_key_value_heads": kv_heads, "num_hidden_layers": n_layer, "vocab_size": vocab,
-        "max_position_embeddings": 512, "rms_norm_eps": 1e-6, "rope_theta": 10000.0, "tie_word_embeddings": tied}))
+        "max_position_embeddings": 512, "rms_norm_eps": 1e-6, "rope_theta": 10000.0, "tie_word_embeddings": tied,
+        "rope_scaling": rope_scaling}))
     return folder

@@ -50,6 +50,24 @@ def test_llama_permutation_matches_llama_cpp(tmp_path):
     assert np.abs(got - ref).max() < 0.05 * np.abs(ref).max()
 
 
+def test_llama3_rope_scaling(tmp_path):
+    """Llama 3.1's frequency factors: written as rope_freqs.weight, read by edgert and llama.cpp,
+    applied by the ONNX graph; all against transformers' formula in the reference forward."""
+    scaling = {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+               "original_max_position_embeddings": 64}  # small, so the factors act within a short test
+    src = hf_synth.write_checkpoint(tmp_path / "ckpt", "llama", rope_scaling=scaling)
+    spec = load_spec(src)
+    assert "rope_freqs.weight" in spec.names and spec.tensor("rope_freqs.weight").max() == 8.0
+    rows = convert(src, ["gguf", "onnx"], "f32", tmp_path / "out")
+    assert all(r["top1"] == 1.0 and r["max_abs_diff"] < 1e-3 for r in rows)
+    llama_cpp = pytest.importorskip("llama_cpp")
+    ids = list(range(20, 60))
+    ll = llama_cpp.Llama(model_path=rows[0]["artifact"], n_ctx=64, logits_all=True, verbose=False, n_threads=1)
+    ll.eval(ids)
+    ref = hf_logits(spec, ids)
+    assert np.abs(np.asarray(ll.scores[: len(ids)]) - ref).max() < 0.05 * np.abs(ref).max()
+
+
 def test_tokenizer_ids_match_the_checkpoint(tmp_path):
     from tokenizers import Tokenizer
 

@@ -148,8 +148,7 @@ def build_model(spec: ModelSpec, quant: str, max_ctx: int | None = None):
     if quant != "fp32":
         x = g.op("Cast", [x], to=1)
     # RoPE tables, gathered by position: cos/sin [b, 1, s, hd]
-    inv = cfg.rope_base ** (-np.arange(0, hd, 2, dtype=np.float64) / hd)
-    ang = np.outer(np.arange(max_ctx, dtype=np.float64) * cfg.rope_pos_scale, inv)
+    ang = spec.rope_angles(max_ctx)
     ang = np.concatenate([ang, ang], axis=1)
     cos = g.op("Unsqueeze", [g.op("Gather", [g.init("rope_cos", np.cos(ang).astype(np.float32)), "position_ids"]),
                              g.const([1])])

@@ -13,11 +13,8 @@ def _rmsnorm(x, w, eps):
     return (x / np.sqrt((x.astype(np.float64) ** 2).mean(-1, keepdims=True) + eps)).astype(np.float32) * w
 
 
-def _rope_halves(x, n_rot, base, pos_scale):
-    """transformers' rotate_half: dims i and i + n_rot/2 form a pair. x (n, heads, hd)."""
-    n = x.shape[0]
-    inv = base ** (-np.arange(0, n_rot, 2, dtype=np.float64) / n_rot)
-    ang = np.outer(np.arange(n, dtype=np.float64) * pos_scale, inv)
+def _rope_halves(x, n_rot, ang):
+    """transformers' rotate_half: dims i and i + n_rot/2 form a pair. x (n, heads, hd), ang (n, n_rot/2)."""
     c, s = np.cos(ang)[:, None, :].astype(np.float32), np.sin(ang)[:, None, :].astype(np.float32)
     a, b = x[..., : n_rot // 2], x[..., n_rot // 2 : n_rot]
     out = x.copy()
@@ -33,6 +30,7 @@ def hf_logits(spec: ModelSpec, ids: list[int]) -> np.ndarray:
     emb = W("token_embd.weight")
     x = emb[np.asarray(ids)].astype(np.float32)
     mask = np.triu(np.full((n, n), -np.inf, np.float32), 1)
+    ang = spec.rope_angles(n)
     group = cfg.n_head // cfg.n_head_kv
     for i in range(cfg.n_layer):
         p = f"blk.{i}."
@@ -44,8 +42,8 @@ def hf_logits(spec: ModelSpec, ids: list[int]) -> np.ndarray:
         if cfg.qk_norm:
             q = _rmsnorm(q, W(p + "attn_q_norm.weight"), cfg.norm_eps)
             k = _rmsnorm(k, W(p + "attn_k_norm.weight"), cfg.norm_eps)
-        q = _rope_halves(q, cfg.n_rot, cfg.rope_base, cfg.rope_pos_scale)
-        k = _rope_halves(k, cfg.n_rot, cfg.rope_base, cfg.rope_pos_scale)
+        q = _rope_halves(q, cfg.n_rot, ang)
+        k = _rope_halves(k, cfg.n_rot, ang)
         k, v = np.repeat(k, group, axis=1), np.repeat(v, group, axis=1)
         s = np.einsum("qhd,khd->hqk", q, k) / np.sqrt(hd) + mask
         s = np.exp(s - s.max(-1, keepdims=True))

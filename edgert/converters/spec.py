@@ -75,6 +75,15 @@ class ModelSpec:
     def tensor(self, name: str) -> np.ndarray:
         return np.ascontiguousarray(self.load(name), dtype=np.float32)
 
+    def rope_angles(self, n_pos: int) -> np.ndarray:
+        """RoPE angles (n_pos, n_rot/2) in float64: base frequencies, Llama-3 frequency factors
+        (the rope_freqs.weight tensor) and linear position scaling, as every target needs them."""
+        cfg = self.config
+        inv = cfg.rope_base ** (-np.arange(0, cfg.n_rot, 2, dtype=np.float64) / cfg.n_rot)
+        if "rope_freqs.weight" in self.names:
+            inv = inv / self.tensor("rope_freqs.weight").astype(np.float64)[: cfg.n_rot // 2]
+        return np.outer(np.arange(n_pos, dtype=np.float64) * cfg.rope_pos_scale, inv)
+
 
 def load_spec(src: str | Path) -> ModelSpec:
     path = Path(src)
@@ -131,20 +140,22 @@ def _from_hf(folder: Path) -> ModelSpec:
     if arch_name not in HF_ARCHS:
         raise UnsupportedError(f"{folder} is a {arch_name} checkpoint; edgert converts {', '.join(HF_ARCHS)}.")
     arch, neox, bias, qk_norm = HF_ARCHS[arch_name]
-    if conf.get("rope_scaling") and (conf["rope_scaling"].get("rope_type") or conf["rope_scaling"].get("type")) not in (
-            None, "default", "linear"):
-        raise UnsupportedError(f"{folder} uses {conf['rope_scaling']} RoPE scaling, which edgert does not convert yet.")
+    scaling = conf.get("rope_scaling") or {}
+    scaling_type = scaling.get("rope_type") or scaling.get("type")
+    if scaling_type not in (None, "default", "linear", "llama3"):
+        raise UnsupportedError(f"{folder} uses {scaling_type!r} RoPE scaling; edgert converts none, linear and "
+                               "llama3 scaling.")
     ckpt = Checkpoint(folder)
     n_head, n_embd = conf["num_attention_heads"], conf["hidden_size"]
     n_head_kv = conf.get("num_key_value_heads", n_head)
     head_dim = conf.get("head_dim") or n_embd // n_head
     tied = bool(conf.get("tie_word_embeddings", False)) or "lm_head.weight" not in ckpt
-    scaling = conf.get("rope_scaling") or {}
     cfg = ModelConfig(
         arch=arch, n_layer=conf["num_hidden_layers"], n_embd=n_embd, n_head=n_head, n_head_kv=n_head_kv,
         head_dim=head_dim, n_ff=conf["intermediate_size"], vocab_size=conf["vocab_size"],
         n_ctx_train=conf.get("max_position_embeddings", 2048), rope_base=float(conf.get("rope_theta", 10000.0)),
-        n_rot=head_dim, rope_neox=neox, rope_pos_scale=1.0 / float(scaling.get("factor", 1.0)),
+        n_rot=head_dim, rope_neox=neox,
+        rope_pos_scale=1.0 / float(scaling.get("factor", 1.0)) if scaling_type == "linear" else 1.0,
         norm_eps=float(conf.get("rms_norm_eps", 1e-6)), tied_embeddings=tied,
         qkv_bias=bias or bool(conf.get("attention_bias")), qk_norm=qk_norm, name=folder.name)
 
@@ -164,7 +175,13 @@ def _from_hf(folder: Path) -> ModelSpec:
             per += ["attn_q_norm.weight", "attn_k_norm.weight"]
         names += [f"blk.{i}.{p}" for p in per]
 
+    freqs = _llama3_factors(scaling, cfg.rope_base, head_dim) if scaling_type == "llama3" else None
+    if freqs is not None:
+        names.append("rope_freqs.weight")
+
     def hf_load(name: str) -> np.ndarray:
+        if name == "rope_freqs.weight":
+            return freqs
         return np.asarray(ckpt.get(hf_name(name)), dtype=np.float32)
 
     def load(name: str) -> np.ndarray:
@@ -173,8 +190,24 @@ def _from_hf(folder: Path) -> ModelSpec:
             w = _permute(w, n_head if ".attn_q." in name else n_head_kv)
         return w
 
-    shapes = {n: tuple(ckpt.where[hf_name(n)].tensors[hf_name(n)][1]) for n in names}
+    shapes = {n: tuple(ckpt.where[hf_name(n)].tensors[hf_name(n)][1]) for n in names if n != "rope_freqs.weight"}
+    if freqs is not None:
+        shapes["rope_freqs.weight"] = freqs.shape
     return ModelSpec(cfg, folder, "hf", names, shapes, load, _hf_tokenizer(folder, conf), hf_load=hf_load)
+
+
+def _llama3_factors(scaling: dict, base: float, n_rot: int) -> np.ndarray:
+    """Llama 3.1's per-frequency divisors (what llama.cpp stores as rope_freqs.weight): long
+    wavelengths are slowed by `factor`, short ones kept, the band between interpolated."""
+    factor = float(scaling.get("factor", 8.0))
+    low, high = float(scaling.get("low_freq_factor", 1.0)), float(scaling.get("high_freq_factor", 4.0))
+    old_ctx = float(scaling.get("original_max_position_embeddings", 8192))
+    freqs = base ** (-np.arange(0, n_rot, 2, dtype=np.float64) / n_rot)
+    wavelen = 2 * np.pi / freqs
+    smooth = (old_ctx / wavelen - low) / (high - low)
+    out = np.where(wavelen < old_ctx / high, 1.0,
+                   np.where(wavelen > old_ctx / low, factor, 1.0 / ((1 - smooth) / factor + smooth)))
+    return out.astype(np.float32)
 
 
 def _hf_tokenizer(folder: Path, conf: dict) -> TokenizerSpec:

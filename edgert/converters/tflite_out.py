@@ -232,8 +232,7 @@ class _Decoder:
         x = g.op("GATHER", [emb, g.reshape(ids, [s])], [s, D], np.float32, g.opts("GatherOptions", axis=0))
 
         # RoPE on halves: cos [s, 1, hd] and a signed sin, so rope(v) = v*cos + concat(b, a)*sin
-        inv = cfg.rope_base ** (-np.arange(0, hd, 2, dtype=np.float64) / hd)
-        ang = np.outer(np.arange(T, dtype=np.float64) * cfg.rope_pos_scale, inv)
+        ang = self.spec.rope_angles(T)
         cos_t = np.cos(np.concatenate([ang, ang], 1)).astype(np.float32)
         sin_t = np.concatenate([-np.sin(ang), np.sin(ang)], 1).astype(np.float32)
         cos = g.reshape(g.op("GATHER", [g.const("rope_cos", cos_t), pos], [s, hd], np.float32,
