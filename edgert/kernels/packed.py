@@ -307,46 +307,38 @@ def _i8_mat(qs, d, m, has_min, x, out, scratch):
                 out[i0 + i, t * TILE : (t + 1) * TILE] = acc[i]
 
 
+@njit(inline="always")
+def _decode_row(qs, d, m, nibbles, has_min, t, lane, out):
+    """Row `lane` of tile t, decoded to float32 into out (k,)."""
+    nb = d.shape[1]
+    bs = out.shape[0] // nb
+    for b in range(nb):
+        db = d[t, b, lane]
+        mb = m[t, b, lane] if has_min else np.float32(0.0)
+        if nibbles:
+            for j in range(16):
+                q = qs[t, b, j, lane]
+                out[b * 32 + j] = db * np.float32(q & np.uint8(15)) + mb
+                out[b * 32 + 16 + j] = db * np.float32(q >> np.uint8(4)) + mb
+        else:
+            for j in range(bs):
+                out[b * bs + j] = db * np.float32(qs[t, b, j, lane]) + mb
+
+
 @njit(cache=CACHE)
 def _rows(qs, d, m, nibbles, has_min, ids, out):
     """Decode whole rows (an embedding lookup) from the packed layout."""
-    nb = d.shape[1]
-    bs = out.shape[1] // nb
     for i in range(ids.shape[0]):
-        t, lane = ids[i] // TILE, ids[i] % TILE
-        for b in range(nb):
-            db = d[t, b, lane]
-            mb = m[t, b, lane] if has_min else np.float32(0.0)
-            if nibbles:
-                for j in range(16):
-                    q = qs[t, b, j, lane]
-                    out[i, b * 32 + j] = db * np.float32(q & np.uint8(15)) + mb
-                    out[i, b * 32 + 16 + j] = db * np.float32(q >> np.uint8(4)) + mb
-            else:
-                for j in range(bs):
-                    out[i, b * bs + j] = db * np.float32(qs[t, b, j, lane]) + mb
+        _decode_row(qs, d, m, nibbles, has_min, ids[i] // TILE, ids[i] % TILE, out[i])
 
 
 @njit(nogil=True, fastmath=FASTMATH, cache=CACHE)
 def _deq_tiles(qs, d, m, nibbles, has_min, t0, t1, out):
     """Rows of tiles t0..t1 decoded to float32 into out (rows, k), for a BLAS product; serial
     and without the GIL, so that worker threads each decode and multiply their own rows."""
-    nb = d.shape[1]
-    bs = out.shape[1] // nb
     for t in range(t0, t1):
         for lane in range(TILE):
-            r = (t - t0) * TILE + lane
-            for b in range(nb):
-                db = d[t, b, lane]
-                mb = m[t, b, lane] if has_min else np.float32(0.0)
-                if nibbles:
-                    for j in range(16):
-                        q = qs[t, b, j, lane]
-                        out[r, b * 32 + j] = db * np.float32(q & np.uint8(15)) + mb
-                        out[r, b * 32 + 16 + j] = db * np.float32(q >> np.uint8(4)) + mb
-                else:
-                    for j in range(bs):
-                        out[r, b * bs + j] = db * np.float32(qs[t, b, j, lane]) + mb
+            _decode_row(qs, d, m, nibbles, has_min, t, lane, out[(t - t0) * TILE + lane])
 
 
 def dequantize_rows(p: Packed, r0: int, r1: int, out: np.ndarray) -> None:
