@@ -144,12 +144,14 @@ def load(name_or_path: str | Path | None = None, backend: str = "auto", device: 
 
     t0 = time.perf_counter()
     path = resolve(None if name_or_path is None else str(name_or_path), progress=progress)
+    from .devices.coreml import is_coreml_folder
     from .devices.litert import is_tflite_folder
     from .devices.onnxrt import is_onnx_folder
 
-    if is_onnx_folder(path) or is_tflite_folder(path):
-        return _load_folder(path, "onnxruntime" if is_onnx_folder(path) else "litert", backend, device, n_ctx,
-                            budget, threads, t0)
+    runner = ("onnxruntime" if is_onnx_folder(path) else "litert" if is_tflite_folder(path)
+              else "coreml" if is_coreml_folder(path) else None)
+    if runner:
+        return _load_folder(path, runner, backend, device, n_ctx, budget, threads, t0)
     if path.is_dir() or path.suffix.lower() != ".gguf":
         raise EdgertError(f"{path} is not a .gguf file; edgert runs GGUF models (other formats come with convert).")
     g = read_gguf(path)
@@ -189,6 +191,8 @@ def _load_folder(path: Path, runner: str, backend: str, device, n_ctx, budget, t
         raise EdgertError(plan.refusal())
     if runner == "onnxruntime":
         session = mod.OrtSession(path, cfg, plan.n_ctx, threads=threads)
+    elif runner == "coreml":
+        session = mod.CoreMLSession(path, cfg, n_ctx=n_ctx if isinstance(n_ctx, int) else None, threads=threads)
     else:
         # the context is fixed when the graph is written; an explicit n_ctx may only ask for less
         session = mod.LiteRTSession(path, cfg, n_ctx=n_ctx if isinstance(n_ctx, int) else None, threads=threads)

@@ -172,7 +172,7 @@ def test_failed_parity_keeps_nothing(tmp_path, monkeypatch):
 
 
 @pytest.mark.parametrize("args,words", [
-    (["--to", "coreml"], "unknown target coreml"),
+    (["--to", "mlc"], "unknown target mlc"),
     (["--to", "onnx", "-q", "int3"], "unknown ONNX quant 'int3'"),
     (["-q", "q3_k"], "unknown GGUF quant 'q3_k'"),
 ])

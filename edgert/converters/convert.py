@@ -23,8 +23,8 @@ from .spec import ModelSpec, load_spec
 
 log = logging.getLogger(__name__)
 
-TARGETS = ("gguf", "onnx", "tflite")
-RUNNERS = {"gguf": "cpu", "onnx": "onnxruntime", "tflite": "litert"}
+TARGETS = ("gguf", "onnx", "tflite", "coreml")
+RUNNERS = {"gguf": "cpu", "onnx": "onnxruntime", "tflite": "litert", "coreml": "coreml"}
 PROMPTS = (  # English prose, code and science: about 170 teacher-forced positions in all
     "The history of the Roman Empire spans many centuries. It began when Augustus became the first emperor in "
     "27 BC, and in the west it ended in 476 AD when the last emperor was deposed. During this time the empire "
@@ -40,6 +40,7 @@ POSITIONS_PER_PROMPT = 48
 # Floors of teacher-forced top-1 agreement with the source, by the precision of the weights
 FLOORS = {"f32": 0.97, "f16": 0.97, "q8_0": 0.95, "q5_0": 0.85, "q5_1": 0.85, "q6_k": 0.95, "q4_0": 0.85,
           "q4_1": 0.85, "q4_k": 0.85, "q4_k_m": 0.85, "fp32": 0.97, "fp16": 0.97, "int8": 0.95, "int4": 0.85}
+COREML_CTX = 256
 
 
 def _prompt_ids(tokenizer, n_vocab: int) -> list[list[int]]:
@@ -67,6 +68,11 @@ def parity(spec: ModelSpec, target: str, artifact: Path, quant: str) -> dict:
     the target's own runtime check: llama.cpp on a GGUF, onnxruntime-genai on an ONNX folder."""
     import edgert
 
+    if target == "coreml":
+        from ..devices.coreml import available
+
+        if not available()[0]:
+            return _coreml_parity(spec, artifact, quant)
     m = edgert.load(str(artifact), backend=RUNNERS[target], n_ctx=POSITIONS_PER_PROMPT * 2)
     agree = total = 0
     worst = 0.0
@@ -85,7 +91,8 @@ def parity(spec: ModelSpec, target: str, artifact: Path, quant: str) -> dict:
             llama_agree += int((lc.argmax(1) == got.argmax(1)).sum())
     floor = FLOORS[quant]
     runner = {"gguf": "edgert's cpu backend", "onnx": "onnxruntime (edgert's onnxruntime backend)",
-              "tflite": "LiteRT's interpreter with XNNPACK (edgert's litert backend)"}[target]
+              "tflite": "LiteRT's interpreter with XNNPACK (edgert's litert backend)",
+              "coreml": "Core ML's MLModel.predict with state (edgert's coreml backend)"}[target]
     source = "a float32 NumPy forward over the checkpoint" if spec.kind == "hf" else "edgert on the source GGUF"
     result = {
         "target": target, "quant": quant, "source": str(spec.source), "positions": total,
@@ -102,6 +109,37 @@ def parity(spec: ModelSpec, target: str, artifact: Path, quant: str) -> dict:
             result["checks"].append("onnxruntime-genai generates greedy tokens from the folder; compared with "
                                     "edgert's onnxruntime backend on the same prompt")
     return result
+
+
+def _coreml_parity(spec: ModelSpec, folder: Path, quant: str) -> dict:
+    """Where Core ML cannot predict (not macOS): the MIL program evaluated in NumPy, with the
+    weights rounded as the quantization rounds them, against the source."""
+    from ..tokenizer import Tokenizer
+    from .coreml_out import evaluated_logits
+
+    manifest = json.loads((folder / "manifest.json").read_text())
+    meta = json.loads((folder / "edgert.json").read_text())["tokenizer"]
+    agree = total = 0
+    worst = 0.0
+    for ids in _prompt_ids(Tokenizer.from_gguf_meta(meta), spec.config.vocab_size):
+        ref = source_logits(spec, ids)
+        got = evaluated_logits(spec, quant, ids, manifest["max_ctx"])
+        agree += int((ref.argmax(1) == got.argmax(1)).sum())
+        total += len(ids)
+        worst = max(worst, float(np.abs(ref - got).max()))
+    expected = {"inputs": ["input_ids", "causal_mask"], "outputs": ["logits"], "states": ["key_cache", "value_cache"]}
+    structure_ok = all(manifest[k] == v for k, v in expected.items())
+    floor = FLOORS[quant]
+    return {
+        "target": "coreml", "quant": quant, "source": str(spec.source), "positions": total,
+        "top1_agreement": agree / total, "max_abs_diff": worst, "floor": floor,
+        "passed": agree / total >= floor and structure_ok, "structure_ok": structure_ok,
+        "checks": ["coremltools converted the MIL program (iOS18 target) and saved the .mlpackage",
+                   "inputs, outputs and states are input_ids, causal_mask / logits / key_cache, value_cache",
+                   "numerics: the same MIL program evaluated in NumPy (float32 compute, half-float KV state, "
+                   f"weights rounded as {quant} rounds them) against the source, teacher-forced"],
+        "not_run": "Core ML's own runtime (MLModel.predict): it needs macOS or iOS",
+    }
 
 
 def _genai_greedy(folder: Path, model, n: int = 16) -> bool | None:
@@ -134,6 +172,7 @@ def _llama(path: Path):
 
 def convert(src: str | Path, targets: list[str], quant: str, out: str | Path, force: bool = False,
             progress: Callable[[str], None] | None = None) -> list[dict]:
+    from .coreml_out import coreml_quant, write_coreml
     from .gguf_out import gguf_quant, write_gguf
     from .onnx_out import onnx_quant, write_onnx
     from .tflite_out import tflite_quant, write_tflite
@@ -146,7 +185,7 @@ def convert(src: str | Path, targets: list[str], quant: str, out: str | Path, fo
         raise EdgertError(f"the output {out} overlaps the source {src}; write somewhere else.")
     if out.exists() and not force:
         raise EdgertError(f"{out} exists; pass --force to replace it, or pick another -o.")
-    namers = {"gguf": gguf_quant, "onnx": onnx_quant, "tflite": tflite_quant}
+    namers = {"gguf": gguf_quant, "onnx": onnx_quant, "tflite": tflite_quant, "coreml": coreml_quant}
     quants = {t: namers[t](quant) for t in targets}
     spec = load_spec(src)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -165,8 +204,11 @@ def convert(src: str | Path, targets: list[str], quant: str, out: str | Path, fo
                 if progress:
                     progress(f"{target} {quants[target]}: building the graph")
                 artifact = folder
-                write = write_onnx if target == "onnx" else write_tflite
-                detail = {"graph": write(spec, folder, quants[target])}
+                if target == "coreml":
+                    detail = {"graph": write_coreml(spec, folder, quants[target], max_ctx=COREML_CTX)}
+                else:
+                    write = write_onnx if target == "onnx" else write_tflite
+                    detail = {"graph": write(spec, folder, quants[target])}
             if progress:
                 progress(f"{target}: parity against the source")
             result = {**parity(spec, target, artifact, quants[target]), **detail}
@@ -176,7 +218,7 @@ def convert(src: str | Path, targets: list[str], quant: str, out: str | Path, fo
                 raise EdgertError(f"the {target} {quants[target]} artifact agrees with the source on "
                                   f"{top1:.1%} of positions, below its floor of {result['floor']:.0%}; nothing "
                                   "was kept.")
-            size = sum(p.stat().st_size for p in folder.iterdir())
+            size = sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
             where = out / target / (artifact.name if target == "gguf" else "")
             rows.append({"target": target, "artifact": str(where), "bytes": size, "quant": quants[target],
                          "seconds": time.perf_counter() - t0, "top1": top1, "max_abs_diff": diff})

@@ -15,8 +15,8 @@ from ..errors import EdgertError
 log = logging.getLogger(__name__)
 
 BACKENDS = {"cpu": "edgert.devices.cpu", "llama.cpp": "edgert.devices.llamacpp", "onnxruntime": "edgert.devices.onnxrt",
-            "litert": "edgert.devices.litert"}
-FOLDER_BACKENDS = ("onnxruntime", "litert")  # they run a converted folder, never a GGUF file
+            "litert": "edgert.devices.litert", "coreml": "edgert.devices.coreml"}
+FOLDER_BACKENDS = ("onnxruntime", "litert", "coreml")  # they run a converted folder, never a GGUF file
 
 
 def _module(name: str):

@@ -26,7 +26,8 @@ MIB = 1 << 20
 # kernels loaded (LLVM, typing and target registries), the OpenMP and prefill worker threads, measured
 # 195-215 MiB here with the planned buffers subtracted; llama.cpp's
 # process (Python, NumPy, libllama) is far lighter.
-RUNTIME_BYTES = {"cpu": 205 * MIB, "llama.cpp": 60 * MIB, "onnxruntime": 80 * MIB, "litert": 60 * MIB}
+RUNTIME_BYTES = {"cpu": 205 * MIB, "llama.cpp": 60 * MIB, "onnxruntime": 80 * MIB, "litert": 60 * MIB,
+                 "coreml": 60 * MIB}
 VOCAB_BYTES_PER_TOKEN = 700   # the tokenizer (tokenizers' BPE tables + edgert's piece tables) per vocab entry
 KERNEL_EFFICIENCY = 0.3       # share of the bandwidth roofline edgert's decode reaches (measured ~0.25-0.3)
 CTX_STEP = 256
@@ -226,8 +227,8 @@ def plan_folder(folder, cfg: ModelConfig, *, n_ctx: int | str | None = None, bud
     source = "--budget" if budget_bytes is not None else (f"{profile.name} usable memory" if device else
                                                           "available memory")
     budget_bytes = budget_bytes if budget_bytes is not None else profile.usable_bytes
-    weights = sum(p.stat().st_size for p in folder.glob("model.onnx*")) + sum(
-        p.stat().st_size for p in folder.glob("*.tflite"))
+    weights = sum(p.stat().st_size for pattern in ("model.onnx*", "*.tflite", "model.mlpackage/**/*")
+                  for p in folder.glob(pattern) if p.is_file())
     overhead = RUNTIME_BYTES[backend] + VOCAB_BYTES_PER_TOKEN * cfg.vocab_size
 
     def kv_of(ctx: int) -> int:
