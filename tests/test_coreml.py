@@ -49,7 +49,7 @@ def test_state_carries_the_cache_between_calls(tmp_path):
 
     spec = load_spec(hf_synth.write_checkpoint(tmp_path / "ckpt", "qwen3"))
     ids = list(range(10, 40))
-    ev = Evaluator(build_program(spec, 64)[0])
+    ev = Evaluator(build_program(spec, 64)[0])  # the program as built; the converted one in test above
     first = ev(input_ids=np.asarray([ids[:20]], np.int32), causal_mask=causal_mask(20, 20))[0]
     rest = [ev(input_ids=np.asarray([[t]], np.int32), causal_mask=causal_mask(1, 21 + i))[0]
             for i, t in enumerate(ids[20:])]

@@ -63,7 +63,7 @@ def source_logits(spec: ModelSpec, ids: list[int]) -> np.ndarray:
     return edgert.load(str(spec.source), backend="cpu", n_ctx=max(64, len(ids) + 1)).logits(ids)
 
 
-def parity(spec: ModelSpec, target: str, artifact: Path, quant: str) -> dict:
+def parity(spec: ModelSpec, target: str, artifact: Path, quant: str, program=None) -> dict:
     """Teacher-forced top-1 agreement and largest |logit difference|, artifact against source, plus
     the target's own runtime check: llama.cpp on a GGUF, onnxruntime-genai on an ONNX folder."""
     import edgert
@@ -72,7 +72,7 @@ def parity(spec: ModelSpec, target: str, artifact: Path, quant: str) -> dict:
         from ..devices.coreml import available
 
         if not available()[0]:
-            return _coreml_parity(spec, artifact, quant)
+            return _coreml_parity(spec, artifact, quant, program)
     m = edgert.load(str(artifact), backend=RUNNERS[target], n_ctx=POSITIONS_PER_PROMPT * 2)
     agree = total = 0
     worst = 0.0
@@ -111,9 +111,9 @@ def parity(spec: ModelSpec, target: str, artifact: Path, quant: str) -> dict:
     return result
 
 
-def _coreml_parity(spec: ModelSpec, folder: Path, quant: str) -> dict:
-    """Where Core ML cannot predict (not macOS): the MIL program evaluated in NumPy, with the
-    weights rounded as the quantization rounds them, against the source."""
+def _coreml_parity(spec: ModelSpec, folder: Path, quant: str, program) -> dict:
+    """Where Core ML cannot predict (not macOS): the converted MIL program (after Core ML's passes
+    and the weight quantization, so the artifact's own weights) evaluated in NumPy, against the source."""
     from ..tokenizer import Tokenizer
     from .coreml_out import evaluated_logits
 
@@ -123,7 +123,7 @@ def _coreml_parity(spec: ModelSpec, folder: Path, quant: str) -> dict:
     worst = 0.0
     for ids in _prompt_ids(Tokenizer.from_gguf_meta(meta), spec.config.vocab_size):
         ref = source_logits(spec, ids)
-        got = evaluated_logits(spec, quant, ids, manifest["max_ctx"])
+        got = evaluated_logits(program, ids)
         agree += int((ref.argmax(1) == got.argmax(1)).sum())
         total += len(ids)
         worst = max(worst, float(np.abs(ref - got).max()))
@@ -136,8 +136,8 @@ def _coreml_parity(spec: ModelSpec, folder: Path, quant: str) -> dict:
         "passed": agree / total >= floor and structure_ok, "structure_ok": structure_ok,
         "checks": ["coremltools converted the MIL program (iOS18 target) and saved the .mlpackage",
                    "inputs, outputs and states are input_ids, causal_mask / logits / key_cache, value_cache",
-                   "numerics: the same MIL program evaluated in NumPy (float32 compute, half-float KV state, "
-                   f"weights rounded as {quant} rounds them) against the source, teacher-forced"],
+                   "numerics: the converted MIL program, with the package's own (quantized, half-float) weights, "
+                   "evaluated in NumPy (float32 compute, half-float KV state) against the source, teacher-forced"],
         "not_run": "Core ML's own runtime (MLModel.predict): it needs macOS or iOS",
     }
 
@@ -194,6 +194,7 @@ def convert(src: str | Path, targets: list[str], quant: str, out: str | Path, fo
     try:
         for target in targets:
             t0 = time.perf_counter()
+            program = None  # Core ML: the converted program, for the NumPy evaluation
             folder = stage / target
             folder.mkdir()
             if target == "gguf":
@@ -205,13 +206,15 @@ def convert(src: str | Path, targets: list[str], quant: str, out: str | Path, fo
                     progress(f"{target} {quants[target]}: building the graph")
                 artifact = folder
                 if target == "coreml":
-                    detail = {"graph": write_coreml(spec, folder, quants[target], max_ctx=COREML_CTX)}
+                    manifest, program = write_coreml(spec, folder, quants[target], max_ctx=COREML_CTX)
+                    detail = {"graph": manifest}
                 else:
                     write = write_onnx if target == "onnx" else write_tflite
                     detail = {"graph": write(spec, folder, quants[target])}
             if progress:
                 progress(f"{target}: parity against the source")
-            result = {**parity(spec, target, artifact, quants[target]), **detail}
+            result = {**parity(spec, target, artifact, quants[target], program if target == "coreml" else None),
+                      **detail}
             (folder / "parity.json").write_text(json.dumps(result, indent=2))
             parity_ok, top1, diff = result["passed"], result["top1_agreement"], result["max_abs_diff"]
             if not parity_ok:
