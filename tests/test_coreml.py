@@ -68,3 +68,14 @@ def test_backend_says_it_needs_macos(tmp_path):
         pytest.skip("on macOS the package runs")
     with pytest.raises(EdgertError, match="Core ML predicts only on macOS and iOS"):
         edgert.load(row["artifact"])
+
+
+@pytest.mark.model
+@pytest.mark.slow
+def test_default_model_to_coreml_int4(default_model_path, tmp_path):
+    (row,) = convert(default_model_path, ["coreml"], "int4", tmp_path / "out")
+    folder = tmp_path / "out" / "coreml"
+    parity = json.loads((folder / "parity.json").read_text())
+    manifest = json.loads((folder / "manifest.json").read_text())
+    assert parity["structure_ok"] and parity["passed"] and parity["top1_agreement"] >= 0.85
+    assert "constexpr_blockwise_shift_scale" in manifest["ops"]  # the weights really are 4-bit blocks

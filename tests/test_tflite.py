@@ -141,3 +141,15 @@ def test_convert_to_every_target_in_one_run(tmp_path):
     assert all(r["top1"] >= 0.97 for r in rows)
     m = edgert.load(str(tmp_path / "out" / "tflite"))
     assert m.backend == "litert" and m.generate("hi", temp=0, max_tokens=3, ignore_eos=True).generation_tokens == 3
+
+
+@pytest.mark.model
+@pytest.mark.slow
+def test_default_model_to_tflite_int8(default_model_path, tmp_path):
+    import json
+
+    from edgert.converters.convert import convert
+
+    (row,) = convert(default_model_path, ["tflite"], "int8", tmp_path / "out")
+    parity = json.loads((tmp_path / "out" / "tflite" / "parity.json").read_text())
+    assert parity["passed"] and parity["top1_agreement"] >= 0.95 and parity["positions"] >= 64

@@ -7,8 +7,10 @@ deployment target iOS 18 / macOS 15, the KV cache held as Core ML state.
     outputs  logits fp32 [1, s, vocab]
 
 As in Apple's Llama example, the caller supplies the mask, and its width says how many cached
-positions there are. Weights: fp16, or int8/int4 block-wise (32 values a block) through
-`coremltools.optimize.coreml.linear_quantize_weights`.
+positions there are. Weights: fp16, or int8/int4 block-wise (32 values a block) as iOS 18
+`constexpr_blockwise_shift_scale` ops written directly (4-bit with float offsets, which
+`coremltools.optimize`'s integer zero points cannot express: they cost the default model a
+third of its top-1 agreement).
 
 Core ML predicts only on macOS and iOS. Elsewhere the program is still checked: it converts and
 validates, its inputs, outputs, states and operators are the expected ones, and `evaluate` runs
@@ -44,18 +46,28 @@ def _unpermute(w: np.ndarray, n_head: int) -> np.ndarray:
     return w.reshape(n_head, w.shape[0] // n_head // 2, 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
 
 
-def _fake_quant(w: np.ndarray, bits: int) -> np.ndarray:
-    """What linear_symmetric per-block (32) quantization does to a weight, for the NumPy check."""
-    blocks = w.reshape(w.shape[0], -1, 32)
-    top = (1 << (bits - 1)) - 1
-    scale = np.abs(blocks).max(axis=-1, keepdims=True) / top
+def _blocks(w: np.ndarray, bits: int) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """W (N, K) -> codes, scales (N, K/32) and offsets for constexpr_blockwise_shift_scale, value =
+    scale * (code - offset). 4-bit: each block's min..max in 16 steps with a float offset, so a Q4_1
+    or Q4_K source block comes through exactly (an integer zero point shifts every value of a block
+    by up to half a step: 68% top-1 on the default model); 8-bit: symmetric, no offset."""
+    n, k = w.shape
+    b = w.reshape(n, k // 32, 32).astype(np.float32)
+    if bits == 8:
+        scale = np.abs(b).max(-1) / 127
+        scale[scale == 0] = 1.0
+        codes = np.clip(np.rint(b / scale[..., None]), -127, 127).astype(np.int8)
+        return codes.reshape(n, k), scale, None
+    lo, hi = b.min(-1), b.max(-1)
+    scale = (hi - lo) / 15
     scale[scale == 0] = 1.0
-    return (np.clip(np.rint(blocks / scale), -top - 1, top) * scale).reshape(w.shape).astype(np.float32)
+    codes = np.clip(np.rint((b - lo[..., None]) / scale[..., None]), 0, 15).astype(np.uint8)
+    return codes.reshape(n, k), scale, -lo / scale
 
 
-def build_program(spec: ModelSpec, max_ctx: int | None = None, simulate: str | None = None):
-    """The decoder as a pymil Program (float32 weights; quantization is applied after conversion).
-    `simulate='int8'|'int4'` rounds the linear weights as that quantization will, for `Evaluator`."""
+def build_program(spec: ModelSpec, max_ctx: int | None = None, quant: str = "fp16"):
+    """The decoder as a pymil Program; int8/int4 weights are block-wise constexpr ops (32 values a
+    block), the embedding table and output head at 8 bits, as the GGUF and ONNX targets keep them."""
     import coremltools as ct
     from coremltools.converters.mil import Builder as mb
     from coremltools.converters.mil.mil import types
@@ -71,9 +83,17 @@ def build_program(spec: ModelSpec, max_ctx: int | None = None, simulate: str | N
         w = spec.tensor(name)
         if not cfg.rope_neox and name.endswith(("attn_q.weight", "attn_k.weight")):
             w = _unpermute(w, H if ".attn_q." in name else KV)
-        if simulate and w.ndim == 2 and name != "token_embd.weight" and w.shape[1] % 32 == 0:
-            w = _fake_quant(w, 4 if simulate == "int4" else 8)
         return w
+
+    def Q(w: np.ndarray, bits: int | None = None):
+        """A weight as the quant stores it: a float const, or codes + scales decompressed at load."""
+        if quant == "fp16" or w.ndim != 2 or w.shape[1] % 32:
+            return w
+        bits = bits or (4 if quant == "int4" else 8)
+        codes, scale, offset = _blocks(w, bits)
+        data = codes.astype(types.np_uint4_dtype if bits == 4 else np.int8)
+        return mb.constexpr_blockwise_shift_scale(data=data, scale=scale.astype(np.float32),
+                                                  offset=None if offset is None else offset.astype(np.float32))
 
     ang = spec.rope_angles(T)
     cos_t = np.cos(np.concatenate([ang, ang], 1)).astype(np.float32)
@@ -93,7 +113,8 @@ def build_program(spec: ModelSpec, max_ctx: int | None = None, simulate: str | N
         cos = mb.expand_dims(x=mb.gather(x=cos_t, indices=pos, axis=0), axes=[0])  # [1, s, hd]
         sin = mb.expand_dims(x=mb.gather(x=sin_t, indices=pos, axis=0), axes=[0])
         mask = mb.cast(x=causal_mask, dtype="fp32")
-        x = mb.gather(x=W("token_embd.weight"), indices=mb.squeeze(x=input_ids, axes=[0]), axis=0)
+        embed = Q(W("token_embd.weight"), 8)
+        x = mb.gather(x=embed, indices=mb.squeeze(x=input_ids, axes=[0]), axis=0)
         x = mb.expand_dims(x=x, axes=[0])  # [1, s, d]
         scale = np.float32(1.0 / np.sqrt(hd))
 
@@ -115,9 +136,9 @@ def build_program(spec: ModelSpec, max_ctx: int | None = None, simulate: str | N
             p = f"blk.{i}."
             h = norm(x, W(p + "attn_norm.weight"))
             bias = {n: (spec.tensor(p + f"attn_{n}.bias") if cfg.qkv_bias else None) for n in "qkv"}
-            q = heads(mb.linear(x=h, weight=W(p + "attn_q.weight"), bias=bias["q"]), H)
-            k = heads(mb.linear(x=h, weight=W(p + "attn_k.weight"), bias=bias["k"]), KV)
-            v = heads(mb.linear(x=h, weight=W(p + "attn_v.weight"), bias=bias["v"]), KV)
+            q = heads(mb.linear(x=h, weight=Q(W(p + "attn_q.weight")), bias=bias["q"]), H)
+            k = heads(mb.linear(x=h, weight=Q(W(p + "attn_k.weight")), bias=bias["k"]), KV)
+            v = heads(mb.linear(x=h, weight=Q(W(p + "attn_v.weight")), bias=bias["v"]), KV)
             if cfg.qk_norm:
                 q = norm(q, spec.tensor(p + "attn_q_norm.weight"))
                 k = norm(k, spec.tensor(p + "attn_k_norm.weight"))
@@ -141,16 +162,14 @@ def build_program(spec: ModelSpec, max_ctx: int | None = None, simulate: str | N
             scores = mb.add(x=mb.mul(x=mb.matmul(x=q, y=ks, transpose_y=True), y=scale), y=mask)
             att = mb.matmul(x=mb.softmax(x=scores, axis=-1), y=vs)  # [1, H, s, hd]
             att = mb.reshape(x=mb.transpose(x=att, perm=[0, 2, 1, 3]), shape=[1, -1, H * hd])
-            x = mb.add(x=x, y=mb.linear(x=att, weight=W(p + "attn_output.weight")))
+            x = mb.add(x=x, y=mb.linear(x=att, weight=Q(W(p + "attn_output.weight"))))
             h = norm(x, W(p + "ffn_norm.weight"))
-            gate = mb.linear(x=h, weight=W(p + "ffn_gate.weight"))
-            up = mb.linear(x=h, weight=W(p + "ffn_up.weight"))
+            gate = mb.linear(x=h, weight=Q(W(p + "ffn_gate.weight")))
+            up = mb.linear(x=h, weight=Q(W(p + "ffn_up.weight")))
             act = mb.mul(x=mb.mul(x=gate, y=mb.sigmoid(x=gate)), y=up)
-            x = mb.add(x=x, y=mb.linear(x=act, weight=W(p + "ffn_down.weight")))
+            x = mb.add(x=x, y=mb.linear(x=act, weight=Q(W(p + "ffn_down.weight"))))
         x = norm(x, W("output_norm.weight"))
-        head = W("token_embd.weight") if cfg.tied_embeddings else W("output.weight")
-        if simulate and cfg.tied_embeddings:  # as a linear weight the head is quantized too
-            head = _fake_quant(head, 4 if simulate == "int4" else 8)
+        head = embed if cfg.tied_embeddings else Q(W("output.weight"), 8)
         return mb.linear(x=x, weight=head, name="logits")
 
     return prog, T
@@ -163,19 +182,12 @@ def write_coreml(spec: ModelSpec, folder: Path, quant: str, max_ctx: int | None 
 
     from .onnx_out import _tokenizer_files
 
-    prog, T = build_program(spec, max_ctx)
+    prog, T = build_program(spec, max_ctx, quant)
     bounds = ct.RangeDim(1, T)
     inputs = [ct.TensorType(name="input_ids", shape=(1, bounds)),
               ct.TensorType(name="causal_mask", shape=(1, 1, bounds, ct.RangeDim(1, T)))]
     mlmodel = ct.convert(prog, inputs=inputs, minimum_deployment_target=ct.target.iOS18,
                          compute_precision=ct.precision.FLOAT16, skip_model_load=True)
-    if quant in ("int8", "int4"):
-        from coremltools.optimize.coreml import OpLinearQuantizerConfig, OptimizationConfig, linear_quantize_weights
-
-        # affine (a zero point per block): a Q4_1 or Q4_K source block maps onto it closely, where a
-        # symmetric scale lost a third of the default model's top-1 agreement
-        op = OpLinearQuantizerConfig(mode="linear", dtype=quant, granularity="per_block", block_size=32)
-        mlmodel = linear_quantize_weights(mlmodel, OptimizationConfig(global_config=op))
     mlmodel.save(str(folder / "model.mlpackage"))
     meta = _tokenizer_files(spec, folder)
     import dataclasses
@@ -239,18 +251,29 @@ class Evaluator:
         return env[self.fn.outputs[0].name]
 
 
+_BINARY = {"add": np.add, "sub": np.subtract, "mul": np.multiply, "real_div": np.divide, "floor_div": np.floor_divide,
+           "maximum": np.maximum, "minimum": np.minimum, "pow": np.power, "mod": np.mod,
+           "less": np.less, "less_equal": np.less_equal, "greater": np.greater, "greater_equal": np.greater_equal,
+           "equal": np.equal, "not_equal": np.not_equal, "logical_and": np.logical_and, "logical_or": np.logical_or}
+_UNARY = {"exp": np.exp, "sqrt": np.sqrt, "abs": np.abs, "neg": np.negative, "logical_not": np.logical_not,
+          "floor": np.floor, "ceil": np.ceil, "identity": lambda v: v, "tanh": np.tanh}
+
+
 def _eval_op(kind: str, get, states):  # noqa: C901 - one branch per MIL operator the builder uses
     x = get("x")
     if kind == "const":
         return None
-    if kind in ("add", "sub", "mul", "real_div", "less_equal", "matmul"):
+    if kind in _BINARY or kind == "matmul":
         a, b = np.asarray(x), np.asarray(get("y"))
         if kind == "matmul":
             a = np.swapaxes(a, -1, -2) if get("transpose_x", False) else a
             b = np.swapaxes(b, -1, -2) if get("transpose_y", False) else b
             return (a.astype(np.float32) @ b.astype(np.float32)).astype(np.float32)
-        return {"add": np.add, "sub": np.subtract, "mul": np.multiply, "real_div": np.divide,
-                "less_equal": np.less_equal}[kind](a, b)
+        return _BINARY[kind](a, b)
+    if kind in _UNARY:
+        return _UNARY[kind](np.asarray(x))
+    if kind == "select":
+        return np.where(np.asarray(get("cond")), get("a"), get("b"))
     if kind == "shape":
         return np.asarray(x.shape, np.int32)
     if kind == "gather":
