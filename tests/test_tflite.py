@@ -153,3 +153,16 @@ def test_default_model_to_tflite_int8(default_model_path, tmp_path):
     (row,) = convert(default_model_path, ["tflite"], "int8", tmp_path / "out")
     parity = json.loads((tmp_path / "out" / "tflite" / "parity.json").read_text())
     assert parity["passed"] and parity["top1_agreement"] >= 0.95 and parity["positions"] >= 64
+
+
+def test_int4_request_falls_back_to_int8_with_a_note(tmp_path):
+    import json
+
+    from edgert.converters.convert import convert
+
+    import hf_synth
+
+    src = hf_synth.write_checkpoint(tmp_path / "ckpt", "llama", n_layer=1)
+    (row,) = convert(src, ["tflite"], "q4", tmp_path / "out")
+    parity = json.loads((tmp_path / "out" / "tflite" / "parity.json").read_text())
+    assert row["quant"] == "int8" and "falls back" not in parity["note"] and "int4 was asked" in parity["note"]
