@@ -45,7 +45,8 @@ def test_quantization_shrinks_the_weights(tmp_path):
 
 
 def test_state_carries_the_cache_between_calls(tmp_path):
-    from edgert.converters.coreml_out import Evaluator, build_program, causal_mask
+    from edgert.converters.coreml_out import Evaluator, build_program
+    from edgert.devices.coreml import causal_mask
 
     spec = load_spec(hf_synth.write_checkpoint(tmp_path / "ckpt", "qwen3"))
     ids = list(range(10, 40))

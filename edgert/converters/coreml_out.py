@@ -42,10 +42,6 @@ def coreml_quant(name: str) -> str:
     return q
 
 
-def _unpermute(w: np.ndarray, n_head: int) -> np.ndarray:
-    return w.reshape(n_head, w.shape[0] // n_head // 2, 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
-
-
 def _blocks(w: np.ndarray, bits: int) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
     """W (N, K) -> codes, scales (N, K/32) and offsets for constexpr_blockwise_shift_scale, value =
     scale * (code - offset). 4-bit: each block's min..max in 16 steps with a float offset, so a Q4_1
@@ -79,11 +75,7 @@ def build_program(spec: ModelSpec, max_ctx: int | None = None, quant: str = "fp1
     H, KV, hd, L = cfg.n_head, cfg.n_head_kv, cfg.head_dim, cfg.n_layer
     half = hd // 2
 
-    def W(name: str) -> np.ndarray:
-        w = spec.tensor(name)
-        if not cfg.rope_neox and name.endswith(("attn_q.weight", "attn_k.weight")):
-            w = _unpermute(w, H if ".attn_q." in name else KV)
-        return w
+    W = spec.tensor_halves
 
     def Q(w: np.ndarray, bits: int | None = None):
         """A weight as the quant stores it: a float const, or codes + scales decompressed at load."""
@@ -337,16 +329,9 @@ def _eval_op(kind: str, get, states):  # noqa: C901 - one branch per MIL operato
     raise EdgertError(f"the Core ML evaluator has no rule for MIL operator {kind!r}.")
 
 
-def causal_mask(s: int, t: int) -> np.ndarray:
-    """The mask input for s new tokens after t - s cached ones: 0 where a query may attend."""
-    m = np.full((1, 1, s, t), -np.inf, np.float16)
-    past = t - s
-    for i in range(s):
-        m[0, 0, i, : past + i + 1] = 0
-    return m
-
-
 def evaluated_logits(program, ids: list[int]) -> np.ndarray:
     """Teacher-forced logits of a Core ML program (the converted, quantized one) for ids."""
+    from ..devices.coreml import causal_mask
+
     out = Evaluator(program)(input_ids=np.asarray([ids], np.int32), causal_mask=causal_mask(len(ids), len(ids)))
     return np.asarray(out[0], np.float32)

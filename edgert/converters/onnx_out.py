@@ -35,11 +35,6 @@ def onnx_quant(name: str) -> str:
     return q
 
 
-def _unpermute(w: np.ndarray, n_head: int) -> np.ndarray:
-    """llama.cpp's Q/K row order (RoPE on adjacent pairs) -> transformers' (RoPE on halves)."""
-    return w.reshape(n_head, w.shape[0] // n_head // 2, 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
-
-
 def _nbits(w: np.ndarray, bits: int) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
     """W (N, K) -> MatMulNBits B (N, K/32, 32*bits/8) uint8, scales (N * K/32,) and zero points.
 
@@ -135,11 +130,7 @@ def build_model(spec: ModelSpec, quant: str, max_ctx: int | None = None):
     g = _Graph(quant)
     hd, H, KV = cfg.head_dim, cfg.n_head, cfg.n_head_kv
 
-    def W(name: str) -> np.ndarray:
-        w = spec.tensor(name)
-        if not cfg.rope_neox and name.endswith(("attn_q.weight", "attn_k.weight")):
-            w = _unpermute(w, H if ".attn_q." in name else KV)
-        return w
+    W = spec.tensor_halves
 
     emb = W("token_embd.weight")
     # the embedding table: float16 unless fp32 was asked for (it is only gathered, a row at a time)

@@ -75,6 +75,15 @@ class ModelSpec:
     def tensor(self, name: str) -> np.ndarray:
         return np.ascontiguousarray(self.load(name), dtype=np.float32)
 
+    def tensor_halves(self, name: str) -> np.ndarray:
+        """A weight with Q/K rows in transformers' order (RoPE on halves), which the ONNX, TFLite
+        and Core ML graphs use; a llama-architecture GGUF stores them in llama.cpp's pair order."""
+        w = self.tensor(name)
+        if not self.config.rope_neox and name.endswith(("attn_q.weight", "attn_k.weight")):
+            n = self.config.n_head if ".attn_q." in name else self.config.n_head_kv
+            w = w.reshape(n, w.shape[0] // n // 2, 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
+        return w
+
     def rope_angles(self, n_pos: int) -> np.ndarray:
         """RoPE angles (n_pos, n_rot/2) in float64: base frequencies, Llama-3 frequency factors
         (the rope_freqs.weight tensor) and linear position scaling, as every target needs them."""

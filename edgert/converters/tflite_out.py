@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import EdgertError
-from .onnx_out import _tokenizer_files, _unpermute
+from .onnx_out import _tokenizer_files
 from .spec import ModelSpec
 
 QUANTS = ("fp32", "fp16", "int8", "int4")
@@ -176,11 +176,7 @@ class _Decoder:
         self.spec, self.cfg, self.m, self.quant, self.max_ctx = spec, spec.config, model, quant, max_ctx
 
     def W(self, name: str) -> np.ndarray:
-        cfg = self.cfg
-        w = self.spec.tensor(name)
-        if not cfg.rope_neox and name.endswith(("attn_q.weight", "attn_k.weight")):
-            w = _unpermute(w, cfg.n_head if ".attn_q." in name else cfg.n_head_kv)
-        return w
+        return self.spec.tensor_halves(name)
 
     def weight_const(self, g: _Graph, key: str, name: str, w_fn) -> int:
         """A FULLY_CONNECTED weight (out, in) as the quant stores it; a float32 tensor for fp32/fp16."""

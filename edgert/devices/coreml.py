@@ -26,6 +26,15 @@ def available() -> tuple[bool, str]:
     return True, ""
 
 
+def causal_mask(s: int, t: int) -> np.ndarray:
+    """The model's mask input for s new tokens after t - s cached ones: 0 where a query may attend."""
+    m = np.full((1, 1, s, t), -np.inf, np.float16)
+    past = t - s
+    for i in range(s):
+        m[0, 0, i, : past + i + 1] = 0
+    return m
+
+
 def is_coreml_folder(path: Path) -> bool:
     return path.is_dir() and (path / "model.mlpackage").exists()
 
@@ -49,8 +58,6 @@ class CoreMLSession:
         self.n_cached = 0
 
     def forward(self, ids: np.ndarray, pos: int, slot: int = 0, all_logits: bool = False) -> np.ndarray:
-        from ..converters.coreml_out import causal_mask
-
         n = len(ids)
         if slot != 0 or pos < 0 or pos > self.n_cached or pos + n > self.n_ctx:
             raise EdgertError(f"positions {pos}..{pos + n} do not follow the {self.n_cached} cached tokens within "
