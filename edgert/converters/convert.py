@@ -187,14 +187,7 @@ def convert(src: str | Path, targets: list[str], quant: str, out: str | Path, fo
         raise EdgertError(f"{out} exists; pass --force to replace it, or pick another -o.")
     namers = {"gguf": gguf_quant, "onnx": onnx_quant, "tflite": tflite_quant, "coreml": coreml_quant}
     quants = {t: namers[t](quant) for t in targets}
-    notes = {}
-    if quants.get("tflite") == "int4":
-        # LiteRT's per-row int4 (hybrid FULLY_CONNECTED) follows SmolLM2 on 54% of positions, and
-        # block-wise int4 (BlockwiseQuantization) is not written yet: the TFLite artifact falls back
-        quants["tflite"] = "int8"
-        notes["tflite"] = ("int4 was asked; LiteRT's per-row int4 weights lose too much (54% top-1 on "
-                           "SmolLM2-135M) and block-wise int4 is not written yet, so this artifact is int8")
-        log.warning("tflite: %s", notes["tflite"])
+
     spec = load_spec(src)
     out.parent.mkdir(parents=True, exist_ok=True)
     stage = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
@@ -222,7 +215,7 @@ def convert(src: str | Path, targets: list[str], quant: str, out: str | Path, fo
             if progress:
                 progress(f"{target}: parity against the source")
             result = {**parity(spec, target, artifact, quants[target], program if target == "coreml" else None),
-                      **detail, **({"note": notes[target]} if target in notes else {})}
+                      **detail}
             (folder / "parity.json").write_text(json.dumps(result, indent=2))
             parity_ok, top1, diff = result["passed"], result["top1_agreement"], result["max_abs_diff"]
             if not parity_ok:
