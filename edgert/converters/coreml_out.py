@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import EdgertError
-from .spec import ModelSpec
+from .spec import ModelSpec, target_quant
 
 QUANTS = ("fp16", "int8", "int4")
 GENERIC = {"q4": "int4", "q8": "int8", "f16": "fp16", "q4_k_m": "int4", "q8_0": "int8", "fp32": "fp16"}
@@ -36,10 +36,7 @@ log = logging.getLogger(__name__)
 
 
 def coreml_quant(name: str) -> str:
-    q = GENERIC.get(name.lower(), name.lower())
-    if q not in QUANTS:
-        raise EdgertError(f"unknown Core ML quant {name!r}; use one of {', '.join(QUANTS)} (or q4, q8, f16).")
-    return q
+    return target_quant(name, "Core ML", QUANTS, GENERIC)
 
 
 def _blocks(w: np.ndarray, bits: int) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
@@ -205,7 +202,7 @@ def _np_dtype(name) -> type:
             "uint16": np.uint16, "uint8": np.uint8, "bool": np.bool_}[str(name)]
 
 
-def _slice(x: np.ndarray, op, get) -> tuple:
+def _slice(x: np.ndarray, get) -> tuple:
     begin, end = get("begin"), get("end")
     bm = get("begin_mask", [False] * x.ndim)
     em = get("end_mask", [False] * x.ndim)
@@ -284,7 +281,7 @@ def _eval_op(kind: str, get, states):  # noqa: C901 - one branch per MIL operato
     if kind == "rsqrt":
         return (1.0 / np.sqrt(x + get("epsilon", 1e-12))).astype(np.float32)
     if kind == "slice_by_index":
-        return x[_slice(x, None, get)]
+        return x[_slice(x, get)]
     if kind == "concat":
         vals = [np.atleast_1d(np.asarray(v)) for v in get("values")]
         return np.concatenate(vals, axis=int(get("axis")))
@@ -317,7 +314,7 @@ def _eval_op(kind: str, get, states):  # noqa: C901 - one branch per MIL operato
         return states[get("input")].copy()
     if kind == "slice_update":
         out = np.array(x)
-        out[_slice(out, None, get)] = get("update")
+        out[_slice(out, get)] = get("update")
         return out
     if kind in ("coreml_update_state", "write_state"):
         if kind == "write_state":

@@ -9,9 +9,8 @@ import gguf
 import numpy as np
 from gguf import GGMLQuantizationType as T
 
-from ..errors import EdgertError
 from .kquants import quantize_q4_k, quantize_q6_k
-from .spec import ModelSpec
+from .spec import ModelSpec, target_quant
 
 QUANTS = ("f32", "f16", "q8_0", "q4_0", "q4_1", "q5_0", "q5_1", "q4_k", "q6_k", "q4_k_m")
 GENERIC = {"q4": "q4_k_m", "q8": "q8_0", "f16": "f16", "fp16": "f16", "fp32": "f32", "f32": "f32", "int8": "q8_0",
@@ -24,10 +23,7 @@ FALLBACK = {T.Q4_K: T.Q5_0, T.Q6_K: T.Q8_0}  # llama.cpp's choice when rows are 
 
 
 def gguf_quant(name: str) -> str:
-    q = GENERIC.get(name.lower(), name.lower())
-    if q not in QUANTS:
-        raise EdgertError(f"unknown GGUF quant {name!r}; use one of {', '.join(QUANTS)} (or q4, q8, f16).")
-    return q
+    return target_quant(name, "GGUF", QUANTS, GENERIC)
 
 
 def _more_bits(layer: int, n_layers: int) -> bool:

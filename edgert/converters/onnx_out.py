@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import EdgertError
-from .spec import ModelSpec
+from .spec import ModelSpec, target_quant
 
 QUANTS = ("fp32", "fp16", "int8", "int4")
 GENERIC = {"q4": "int4", "q8": "int8", "f16": "fp16", "f32": "fp32", "q4_k_m": "int4", "q8_0": "int8"}
@@ -29,10 +29,7 @@ BLOCK = 32
 
 
 def onnx_quant(name: str) -> str:
-    q = GENERIC.get(name.lower(), name.lower())
-    if q not in QUANTS:
-        raise EdgertError(f"unknown ONNX quant {name!r}; use one of {', '.join(QUANTS)} (or q4, q8, f16).")
-    return q
+    return target_quant(name, "ONNX", QUANTS, GENERIC)
 
 
 def _nbits(w: np.ndarray, bits: int) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:

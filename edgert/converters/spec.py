@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import ModelFileError, UnsupportedError
+from ..errors import EdgertError, ModelFileError, UnsupportedError
 from ..models.config import ModelConfig
 
 log = logging.getLogger(__name__)
@@ -92,6 +92,15 @@ class ModelSpec:
         if "rope_freqs.weight" in self.names:
             inv = inv / self.tensor("rope_freqs.weight").astype(np.float64)[: cfg.n_rot // 2]
         return np.outer(np.arange(n_pos, dtype=np.float64) * cfg.rope_pos_scale, inv)
+
+
+def target_quant(name: str, target: str, quants: tuple[str, ...], generic: dict[str, str]) -> str:
+    """A --quant name for one target: its own scheme names, or a generic one (q4, q8, f16) mapped
+    to the target's nearest scheme."""
+    q = generic.get(name.lower(), name.lower())
+    if q not in quants:
+        raise EdgertError(f"unknown {target} quant {name!r}; use one of {', '.join(quants)} (or q4, q8, f16).")
+    return q
 
 
 def load_spec(src: str | Path) -> ModelSpec:

@@ -31,7 +31,7 @@ import numpy as np
 
 from ..errors import EdgertError
 from .onnx_out import _tokenizer_files
-from .spec import ModelSpec
+from .spec import ModelSpec, target_quant
 
 QUANTS = ("fp32", "fp16", "int8", "int4")
 GENERIC = {"q4": "int4", "q4_k_m": "int4", "q8": "int8", "q8_0": "int8", "f16": "fp16", "f32": "fp32"}
@@ -41,10 +41,7 @@ NEG = -1.0e30  # the mask's "not allowed": finite, so a scaled softmax never see
 
 
 def tflite_quant(name: str) -> str:
-    q = GENERIC.get(name.lower(), name.lower())
-    if q not in QUANTS:
-        raise EdgertError(f"unknown TFLite quant {name!r}; use one of {', '.join(QUANTS)} (or q8, f16).")
-    return q
+    return target_quant(name, "TFLite", QUANTS, GENERIC)
 
 
 class _Model:
@@ -158,6 +155,11 @@ class _Graph:
         return g
 
 
+def _pack_int4(q: np.ndarray) -> np.ndarray:
+    """Signed 4-bit codes (rows, k) two to a byte, the even column in the low nibble (LiteRT's INT4)."""
+    return ((q[:, 0::2] & 0xF) | ((q[:, 1::2] & 0xF) << 4)).astype(np.uint8)
+
+
 def _int_rows(w: np.ndarray, bits: int = 8) -> tuple[np.ndarray, np.ndarray]:
     """W (N, K) -> signed codes and one symmetric scale per output row; at 4 bits two codes a byte,
     the even column in the low nibble (LiteRT's INT4 packing)."""
@@ -166,7 +168,7 @@ def _int_rows(w: np.ndarray, bits: int = 8) -> tuple[np.ndarray, np.ndarray]:
     scale[scale == 0] = 1.0
     q = np.clip(np.rint(w / scale[:, None]), -top, top).astype(np.int8)
     if bits == 4:
-        q = ((q[:, 0::2] & 0xF) | ((q[:, 1::2] & 0xF) << 4)).astype(np.uint8)
+        q = _pack_int4(q)
     return q, scale.astype(np.float32)
 
 
@@ -216,7 +218,7 @@ class _Decoder:
             scale[scale == 0] = 1.0
             codes = (np.clip(np.rint((b - lo[..., None]) / scale[..., None]), 0, 15) - 8).astype(np.int8)
             codes = codes.reshape(n * k // 32, 32)
-            packed = ((codes[:, 0::2] & 0xF) | ((codes[:, 1::2] & 0xF) << 4)).astype(np.uint8)
+            packed = _pack_int4(codes)
             qp = self.m.s.QuantizationParametersT()  # one scale of 1: the codes themselves
             qp.scale, qp.zeroPoint, qp.quantizedDimension = [1.0], [0], 0
             self.m.buffer(key, packed, qp, shape=codes.shape, ttype="INT4")

@@ -159,7 +159,6 @@ def plan_memory(g: GGUFFile, cfg: ModelConfig, *, backend: str = "cpu", n_ctx: i
     def total(ctx: int) -> int:
         return weights + kv_of(ctx) + scratch_of(ctx) + overhead
 
-    max_ctx = 0
     lo, hi = 0, cfg.n_ctx_train // CTX_STEP
     while lo < hi:  # largest multiple of CTX_STEP (or the trained length) within the budget
         mid = (lo + hi + 1) // 2

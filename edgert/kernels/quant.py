@@ -12,7 +12,6 @@ Numba has no float16 arithmetic on CPU.
 
 from __future__ import annotations
 
-import numba
 import numpy as np
 from numba import njit, prange
 
@@ -282,7 +281,3 @@ def dequantize(w: np.ndarray, ggml_type: int, k: int) -> np.ndarray:
     out = np.empty((w.shape[0], k), np.float32)
     get_format(ggml_type).rows(w, np.arange(w.shape[0], dtype=np.int64), out)
     return out
-
-
-def thread_count() -> int:
-    return numba.get_num_threads()
